@@ -1,0 +1,6 @@
+//! The streamjob operator: the `StreamJob` API and the controller that runs it.
+
+pub mod api;
+pub mod crdgen;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
