@@ -59,9 +59,8 @@ helm_status() {
 
 # Keep helm's repositories, cache and plugins inside the stack's state, not in $HOME.
 helm_env() {
-  cat <<EOF
-export HELM_CACHE_HOME=$HELM_STATE/cache
-export HELM_CONFIG_HOME=$HELM_STATE/config
-export HELM_DATA_HOME=$HELM_STATE/data
-EOF
+  printf 'export %s=%q\n' \
+    HELM_CACHE_HOME "$HELM_STATE/cache" \
+    HELM_CONFIG_HOME "$HELM_STATE/config" \
+    HELM_DATA_HOME "$HELM_STATE/data"
 }

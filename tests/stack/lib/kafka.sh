@@ -32,7 +32,19 @@ declare -gA KAFKA_TOOL_CLASSES=(
 KAFKA_TOOLS_WITH_BOOTSTRAP=" topics console-producer console-consumer consumer-groups transactions metadata-quorum cluster get-offsets "
 
 _kafka_mvn() {
-  mvn -B -q -Dmaven.repo.local="$STREAMJOB_CACHE/m2" "$@"
+  # -U: retry artifacts whose earlier failure Maven cached in the local repository.
+  mvn -B -q -U -Dstyle.color=never -Dmaven.repo.local="$STREAMJOB_CACHE/m2" "$@"
+}
+
+# _kafka_jar_version DIR ARTIFACT: the version of DIR/ARTIFACT-<version>.jar, if there is one.
+_kafka_jar_version() {
+  local f
+  for f in "$1/$2"-[0-9]*.jar; do
+    [[ -e "$f" ]] || continue
+    f="${f##*/"$2"-}"
+    echo "${f%.jar}"
+    return 0
+  done
 }
 
 kafka_build() {
@@ -77,18 +89,16 @@ EOF
   # matches the slf4j-api that came in (1.x: log4j-slf4j-impl, 2.x: log4j-slf4j2-impl), at
   # the log4j version Kafka itself brought.
   local slf4j log4j binding jar
-  slf4j="$(cd "$tmp/libs" && ls slf4j-api-*.jar 2>/dev/null | sed -n 's/^slf4j-api-\(.*\)\.jar$/\1/p' | head -n1)"
-  log4j="$(cd "$tmp/libs" && ls log4j-api-*.jar 2>/dev/null | sed -n 's/^log4j-api-\(.*\)\.jar$/\1/p' | head -n1)"
-  log4j="${log4j:-$LOG4J_VERSION}"
+  slf4j="$(_kafka_jar_version "$tmp/libs" slf4j-api)"
+  log4j="$(_kafka_jar_version "$tmp/libs" log4j-api)"
   case "$slf4j" in
-    1.*) binding=log4j-slf4j-impl ;;
-    *) binding=log4j-slf4j2-impl ;;
+    1.*) binding="log4j-slf4j-impl" ;;
+    *) binding="log4j-slf4j2-impl" ;;
   esac
-  local artifacts=("org.apache.logging.log4j:$binding:$log4j")
-  [[ -n "$(ls "$tmp/libs"/log4j-api-*.jar 2>/dev/null)" ]] ||
-    artifacts+=("org.apache.logging.log4j:log4j-api:$log4j")
-  [[ -n "$(ls "$tmp/libs"/log4j-core-*.jar 2>/dev/null)" ]] ||
-    artifacts+=("org.apache.logging.log4j:log4j-core:$log4j")
+  local artifacts=("org.apache.logging.log4j:$binding:${log4j:-$LOG4J_VERSION}")
+  [[ -n "$log4j" ]] || artifacts+=("org.apache.logging.log4j:log4j-api:$LOG4J_VERSION")
+  [[ -n "$(_kafka_jar_version "$tmp/libs" log4j-core)" ]] ||
+    artifacts+=("org.apache.logging.log4j:log4j-core:${log4j:-$LOG4J_VERSION}")
   for jar in "${artifacts[@]}"; do
     {
       echo "== copy $jar (slf4j-api ${slf4j:-none})"
@@ -127,7 +137,8 @@ EOF
   rm -f "$tmp/pom.xml"
   rm -rf "$KAFKA_DIR"
   mv "$tmp" "$KAFKA_DIR" || die kafka "$logfile" "could not move $tmp into place"
-  log "kafka: $(ls "$KAFKA_DIR/libs" | wc -l) jars in $KAFKA_DIR/libs"
+  local jars=("$KAFKA_DIR"/libs/*.jar)
+  log "kafka: ${#jars[@]} jars in $KAFKA_DIR/libs"
 }
 
 # kafka_tool NAME|CLASS ARGS...: run one of Kafka's command-line tools against the local
@@ -187,6 +198,13 @@ _kafka_listening() {
   (exec 3<>"/dev/tcp/$KAFKA_HOST/$KAFKA_PORT") 2>/dev/null
 }
 
+# _kafka_started_or_dead OFFSET: the JVM is gone, or the log from byte OFFSET on says the
+# server started and the port accepts connections.
+_kafka_started_or_dead() {
+  ! pid_alive "$STREAMJOB_STATE/kafka.pid" ||
+    { tail -c "+$1" "$STACK_LOGS/kafka.log" | grep -q 'Kafka Server started' && _kafka_listening; }
+}
+
 kafka_up() {
   local logfile="$STACK_LOGS/kafka.log" pidfile="$STREAMJOB_STATE/kafka.pid"
   mkdir -p "$KAFKA_STATE/data"
@@ -216,11 +234,7 @@ kafka_up() {
     -Dlog4j2.configurationFile="$KAFKA_DIR/config/log4j2.properties" \
     -cp "$KAFKA_DIR/libs/*" kafka.Kafka "$KAFKA_STATE/server.properties"
   # Ready when the server says it started (or it died: checked right after).
-  _kafka_started_or_dead() {
-    ! pid_alive "$pidfile" ||
-      { tail -c "+$start_offset" "$logfile" | grep -q 'Kafka Server started' && _kafka_listening; }
-  }
-  wait_until kafka "$logfile" 180 _kafka_started_or_dead
+  wait_until kafka "$logfile" 180 _kafka_started_or_dead "$start_offset"
   pid_alive "$pidfile" || die kafka "$logfile" "the Kafka JVM exited during start-up"
   # One real metadata round trip through the admin client.
   kafka_tool topics --list >/dev/null 2>>"$logfile" ||
@@ -242,5 +256,5 @@ kafka_status() {
 }
 
 kafka_env() {
-  echo "export STREAMJOB_KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP"
+  printf 'export %s=%q\n' STREAMJOB_KAFKA_BOOTSTRAP "$KAFKA_BOOTSTRAP"
 }

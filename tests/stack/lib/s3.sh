@@ -57,6 +57,8 @@ s3_create_bucket() {
   return 1
 }
 
+_s3_answers_or_dead() { ! pid_alive "$STREAMJOB_STATE/s3.pid" || _s3_answers; }
+
 s3_up() {
   local logfile="$STACK_LOGS/s3.log" pidfile="$STREAMJOB_STATE/s3.pid"
   mkdir -p "$S3_STATE/data"
@@ -71,7 +73,6 @@ s3_up() {
       --port "$S3_HOST:$S3_PORT" --region "$S3_REGION" \
       posix "$S3_STATE/data"
   fi
-  _s3_answers_or_dead() { ! pid_alive "$pidfile" || _s3_answers; }
   wait_until s3 "$logfile" 60 _s3_answers_or_dead
   pid_alive "$pidfile" || die s3 "$logfile" "versitygw exited during start-up"
   s3_create_bucket "$S3_BUCKET" 2>>"$logfile" || die s3 "$logfile" "could not create bucket $S3_BUCKET"
@@ -92,14 +93,13 @@ s3_status() {
 }
 
 s3_env() {
-  cat <<EOF
-export AWS_ACCESS_KEY_ID=$S3_ACCESS_KEY
-export AWS_SECRET_ACCESS_KEY=$S3_SECRET_KEY
-export AWS_REGION=$S3_REGION
-export AWS_DEFAULT_REGION=$S3_REGION
-export AWS_ENDPOINT=$S3_ENDPOINT
-export AWS_ENDPOINT_URL=$S3_ENDPOINT
-export AWS_ALLOW_HTTP=true
-export STREAMJOB_S3_BUCKET=$S3_BUCKET
-EOF
+  printf 'export %s=%q\n' \
+    AWS_ACCESS_KEY_ID "$S3_ACCESS_KEY" \
+    AWS_SECRET_ACCESS_KEY "$S3_SECRET_KEY" \
+    AWS_REGION "$S3_REGION" \
+    AWS_DEFAULT_REGION "$S3_REGION" \
+    AWS_ENDPOINT "$S3_ENDPOINT" \
+    AWS_ENDPOINT_URL "$S3_ENDPOINT" \
+    AWS_ALLOW_HTTP true \
+    STREAMJOB_S3_BUCKET "$S3_BUCKET"
 }
