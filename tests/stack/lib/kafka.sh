@@ -59,7 +59,7 @@ kafka_build() {
   mkdir -p "$tmp/libs" "$tmp/config"
   # A throwaway pom whose only job is to name the server and the admin tools.
   cat >"$tmp/pom.xml" <<EOF
-<project xmlns="http://maven.apache.org/POM/4.0.0">
+<project>
   <modelVersion>4.0.0</modelVersion>
   <groupId>local.streamjob.stack</groupId>
   <artifactId>kafka-dist</artifactId>
