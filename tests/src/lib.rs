@@ -3,6 +3,10 @@
 //!
 //! Tests fail, never skip, when the stack is missing: run them through `scripts/test`.
 
+pub mod reference;
+pub mod scenario;
+pub mod worker;
+
 use std::{
     future::Future,
     path::PathBuf,

@@ -43,13 +43,13 @@ _k8s_wrapper_head() {
   echo
 }
 
-# _k8s_build_in DIR: go mod tidy in DIR, then go build the tool packages listed in its
-# go.mod into a temp dir next to the destination and move them into place one by one
-# (rename is atomic, so an interrupted build never leaves a half-written binary).
-# Args: SRC_DIR DEST_DIR LDFLAGS PACKAGE...
+# _k8s_go_build SRC_DIR DEST_DIR LDFLAGS OUT PACKAGE...: go mod tidy in SRC_DIR, then
+# go build the packages into a temp dir next to DEST_DIR and move the binaries into place
+# one by one (rename is atomic, so an interrupted build never leaves a half-written
+# binary). OUT names the binary when there is one package; empty keeps go's names.
 _k8s_go_build() {
-  local src="$1" dest="$2" ldflags="$3"
-  shift 3
+  local src="$1" dest="$2" ldflags="$3" out="$4"
+  shift 4
   local tmp
   mkdir -p "$dest" || return 1
   tmp="$(mktemp -d "$dest/.build.XXXXXX")" || return 1
@@ -58,7 +58,7 @@ _k8s_go_build() {
     echo "== go mod tidy in $src"
     go mod tidy || exit 1
     echo "== CGO_ENABLED=0 go build $* (ldflags: $ldflags)"
-    CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/" "$@" || exit 1
+    CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$tmp/$out" "$@" || exit 1
   )
   local rc=$?
   if ((rc == 0)); then
@@ -80,7 +80,7 @@ _k8s_build_etcd() {
   : >"$logf"
   mkdir -p "$src"
   local gomod
-  gomod="$(_k8s_gomod "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" 2>>"$logf")"
+  gomod="$(_k8s_gomod "go.etcd.io/etcd/server/v3@v$ETCD_VERSION" 2>>"$logf")" || true
   [[ -n "$gomod" && -f "$gomod" ]] || die etcd-build "$logf" "cannot download go.etcd.io/etcd/server/v3@v$ETCD_VERSION"
   # The server module's own replace lines point at sibling folders of the etcd repository
   # (../api, ../client/v3, ...) whose published versions it already requires at the same
@@ -91,12 +91,9 @@ _k8s_build_etcd() {
     printf 'tool go.etcd.io/etcd/server/v3\n'
   } >"$src/go.mod"
   local t0=$SECONDS
-  _k8s_go_build "$src" "$ETCD_BIN_DIR" "-s -w" go.etcd.io/etcd/server/v3 >>"$logf" 2>&1 ||
+  # Named explicitly: go would call it "server" (the path minus its major-version suffix).
+  _k8s_go_build "$src" "$ETCD_BIN_DIR" "-s -w" etcd go.etcd.io/etcd/server/v3 >>"$logf" 2>&1 ||
     die etcd-build "$logf" "building etcd v$ETCD_VERSION failed"
-  # go build names the binary after the last path element of the package: "v3".
-  if [[ -x "$ETCD_BIN_DIR/v3" ]]; then
-    mv -f "$ETCD_BIN_DIR/v3" "$ETCD_BIN_DIR/etcd"
-  fi
   [[ -x "$ETCD_BIN_DIR/etcd" ]] || die etcd-build "$logf" "build succeeded but $ETCD_BIN_DIR/etcd is missing"
   log "etcd v$ETCD_VERSION built in $((SECONDS - t0))s"
 }
@@ -113,7 +110,7 @@ _k8s_build_kube() {
   : >"$logf"
   mkdir -p "$src"
   local gomod
-  gomod="$(_k8s_gomod "k8s.io/kubernetes@v$K8S_VERSION" 2>>"$logf")"
+  gomod="$(_k8s_gomod "k8s.io/kubernetes@v$K8S_VERSION" 2>>"$logf")" || true
   [[ -n "$gomod" && -f "$gomod" ]] || die k8s-build "$logf" "cannot download k8s.io/kubernetes@v$K8S_VERSION"
 
   local major="${K8S_VERSION%%.*}" rest="${K8S_VERSION#*.}"
@@ -146,7 +143,7 @@ _k8s_build_kube() {
   # The build date is the release's commit time from the proxy, so rebuilds are identical.
   local info build_date ldflags="-s -w" pkg
   info="${gomod%.mod}.info"
-  build_date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$info" 2>/dev/null)"
+  build_date="$(sed -n 's/.*"Time":"\([^"]*\)".*/\1/p' "$info" 2>/dev/null)" || true
   build_date="${build_date:-1970-01-01T00:00:00Z}"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=v$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
@@ -156,7 +153,7 @@ _k8s_build_kube() {
   local pkgs=()
   for b in "${K8S_BINARIES[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$b"); done
   local t0=$SECONDS
-  _k8s_go_build "$src" "$K8S_BIN_DIR" "$ldflags" "${pkgs[@]}" >>"$logf" 2>&1 ||
+  _k8s_go_build "$src" "$K8S_BIN_DIR" "$ldflags" "" "${pkgs[@]}" >>"$logf" 2>&1 ||
     die k8s-build "$logf" "building Kubernetes v$K8S_VERSION failed"
   for b in "${K8S_BINARIES[@]}"; do
     [[ -x "$K8S_BIN_DIR/$b" ]] || die k8s-build "$logf" "build succeeded but $K8S_BIN_DIR/$b is missing"
@@ -164,9 +161,22 @@ _k8s_build_kube() {
   log "Kubernetes v$K8S_VERSION built in $((SECONDS - t0))s"
 }
 
-k8s_build() {
+# _k8s_build_locked: the builds under an exclusive lock, so two runs at once (two
+# terminals, parallel test binaries) wait for each other instead of writing the same
+# wrapper module; the second one then finds the binaries and skips. Only the build is
+# locked: a daemon started while holding the lock would inherit it and keep it forever.
+_k8s_build_locked() {
+  local fd
+  mkdir -p "$STREAMJOB_CACHE/k8s"
+  exec {fd}>>"$STREAMJOB_CACHE/k8s/.build.lock"
+  flock "$fd"
   _k8s_build_etcd
   _k8s_build_kube
+  exec {fd}>&-
+}
+
+k8s_build() {
+  _k8s_build_locked
   local b
   ln -sfn "$ETCD_BIN_DIR/etcd" "$STACK_BIN/etcd"
   for b in "${K8S_BINARIES[@]}"; do
@@ -348,13 +358,12 @@ k8s_up() {
     --service-account-key-file="$K8S_PKI/sa.pub" \
     --service-account-signing-key-file="$K8S_PKI/sa.key" \
     --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
+    --endpoint-reconciler-type=none \
     --allow-privileged=true
   _k8s_wait kube-apiserver 180 _k8s_apiserver_ready
 
   _k8s_start kube-controller-manager "$K8S_KCM_PORT" "$STACK_BIN/kube-controller-manager" \
     --kubeconfig="$K8S_KCM_KUBECONFIG" \
-    --authentication-kubeconfig="$K8S_KCM_KUBECONFIG" \
-    --authorization-kubeconfig="$K8S_KCM_KUBECONFIG" \
     --bind-address=127.0.0.1 \
     --secure-port="$K8S_KCM_PORT" \
     --leader-elect=false \
@@ -364,7 +373,8 @@ k8s_up() {
     --root-ca-file="$K8S_PKI/ca.crt" \
     --service-cluster-ip-range="$K8S_SERVICE_CIDR" \
     --cluster-signing-cert-file="$K8S_PKI/ca.crt" \
-    --cluster-signing-key-file="$K8S_PKI/ca.key"
+    --cluster-signing-key-file="$K8S_PKI/ca.key" \
+    --flex-volume-plugin-dir="$K8S_DIR/flexvolume"
   _k8s_wait kube-controller-manager 120 _k8s_kcm_healthy
   _k8s_wait kube-controller-manager 120 _k8s_default_sa
   log "Kubernetes v$K8S_VERSION is up: KUBECONFIG=$K8S_KUBECONFIG"

@@ -1,0 +1,250 @@
+//! Running `streamjob-worker` processes and talking to the topics around them.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    ClientConfig, Message, Offset, TopicPartitionList,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
+    message::Headers,
+    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
+};
+
+use crate::{reference::Event, repo_root, unique_name};
+
+/// Path of the worker binary built by `cargo build` (scripts/test builds it first).
+pub fn worker_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug/streamjob-worker");
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
+    bin
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("can bind an ephemeral port")
+        .port()
+}
+
+/// A running worker process.
+pub struct Worker {
+    child: Child,
+    /// Its metrics port.
+    pub port: u16,
+    /// File receiving its stderr (logs).
+    pub log: PathBuf,
+}
+
+impl Worker {
+    /// Starts `streamjob-worker run --job JOB` with logs appended to `log`.
+    pub fn start_job(job: &Path, log: &Path) -> Self {
+        Self::start(&["run", "--job", job.to_str().expect("utf-8 path")], log, &[])
+    }
+
+    /// Starts the worker with `args`, extra environment `env`, logs appended to `log`.
+    pub fn start(args: &[&str], log: &Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("can open the worker log");
+        let child = Command::new(worker_bin())
+            .args(args)
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info,streamjob::sink=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("worker starts");
+        Self { child, port, log: log.to_path_buf() }
+    }
+
+    /// SIGKILLs the worker.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERMs the worker and waits (up to `timeout`) for it to exit; returns its exit code.
+    pub fn terminate(mut self, timeout: Duration) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("worker did not exit within {timeout:?} of SIGTERM; log: {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The value of metric series `series` (full name with labels), if exposed.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&http_get(self.port, "/metrics")?, series)
+    }
+
+    /// HTTP status of `path` on the worker's port.
+    pub fn status_of(&self, path: &str) -> Option<u16> {
+        let response = http_get_raw(self.port, path)?;
+        response.split_whitespace().nth(1)?.parse().ok()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get_raw(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let response = http_get_raw(port, path)?;
+    Some(response.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// Parses one series' value out of a Prometheus exposition.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Creates `topic` with `partitions` partitions.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_topics");
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("creating topic {t} failed: {e}"));
+    }
+}
+
+/// An idempotent producer for test input.
+pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `events` to `topic` (each to its partition, keyed by user) and flushes.
+pub fn produce(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, events: &[Event]) {
+    for event in events {
+        let payload = event.payload();
+        let mut record = BaseRecord::to(topic).partition(event.partition).key(&event.user).payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err((e, _)) => panic!("produce failed: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// A consumed record: key, value and headers.
+#[derive(Clone, Debug)]
+pub struct Consumed {
+    /// Partition.
+    pub partition: i32,
+    /// Key, lossy UTF-8.
+    pub key: String,
+    /// Value, lossy UTF-8.
+    pub value: String,
+    /// Headers, values lossy UTF-8.
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads every record currently in `topic` (all partitions, in offset order per partition).
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Consumed> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", unique_name("reader"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut at_end = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (at_end.len() as i32) < partitions {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            Some(Err(e)) => panic!("consume failed: {e}"),
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Consumed {
+                    partition: m.partition(),
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                    headers,
+                });
+            }
+        }
+    }
+    out
+}

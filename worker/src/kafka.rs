@@ -1,0 +1,210 @@
+//! Kafka clients of a worker: a consumer with explicit partition assignment and a producer
+//! whose delivery failures are tracked, so a checkpoint never covers unacknowledged output.
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, ClientContext, Statistics,
+    consumer::{BaseConsumer, Consumer, ConsumerContext},
+    error::KafkaError,
+    producer::{DeliveryResult, ProducerContext, ThreadedProducer},
+};
+use thiserror::Error;
+
+use crate::telemetry::Metrics;
+
+/// A Kafka client that could not be set up.
+#[derive(Debug, Error)]
+pub enum KafkaSetupError {
+    /// A client property file could not be read.
+    #[error("cannot read Kafka client properties from {path}: {source}")]
+    Properties {
+        /// File or directory.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// librdkafka refused the configuration.
+    #[error("failed to create the Kafka {what}: {source}")]
+    Create {
+        /// Which client.
+        what: &'static str,
+        /// librdkafka error.
+        source: KafkaError,
+    },
+    /// Topic metadata could not be fetched.
+    #[error("failed to read metadata of topic {topic} from {bootstrap}: {source}")]
+    Metadata {
+        /// Topic.
+        topic: String,
+        /// Brokers.
+        bootstrap: String,
+        /// librdkafka error.
+        source: KafkaError,
+    },
+    /// The topic does not exist.
+    #[error("topic {0} does not exist")]
+    NoSuchTopic(String),
+}
+
+/// Extra librdkafka properties from a directory with one file per property (a mounted
+/// Secret): the file name is the property, its content the value.
+pub fn load_properties(dir: &Path) -> Result<BTreeMap<String, String>, KafkaSetupError> {
+    let err = |source| KafkaSetupError::Properties { path: dir.display().to_string(), source };
+    let mut props = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Secret volumes hold `..data` symlinks and dotted timestamp dirs next to the keys.
+        if name.starts_with('.') || !entry.path().is_file() {
+            continue;
+        }
+        let value = std::fs::read_to_string(entry.path()).map_err(err)?;
+        props.insert(name, value.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    Ok(props)
+}
+
+/// Base configuration shared by every client of a job.
+pub fn client_config(bootstrap: &str, props: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (key, value) in props {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Consumer context that turns librdkafka statistics into lag gauges.
+#[derive(Default)]
+pub struct SourceContext;
+
+impl ClientContext for SourceContext {
+    fn stats(&self, statistics: Statistics) {
+        let metrics = Metrics::global();
+        for topic in statistics.topics.values() {
+            for (partition, stats) in &topic.partitions {
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    metrics.set_consumer_lag(*partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for SourceContext {}
+
+/// The source consumer type.
+pub type SourceConsumer = BaseConsumer<SourceContext>;
+
+/// Creates the source consumer: no group rebalancing (partitions are assigned explicitly),
+/// no auto-commit (offsets are committed after checkpoints, for lag tools only).
+pub fn source_consumer(
+    bootstrap: &str,
+    group_id: &str,
+    props: &BTreeMap<String, String>,
+) -> Result<SourceConsumer, KafkaSetupError> {
+    client_config(bootstrap, props)
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        .set("fetch.wait.max.ms", "100")
+        .create_with_context(SourceContext)
+        .map_err(|source| KafkaSetupError::Create { what: "consumer", source })
+}
+
+/// Producer context counting deliveries that failed for good.
+#[derive(Default)]
+pub struct SinkContext {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl SinkContext {
+    /// Number of records whose delivery failed since the producer was created.
+    pub fn failures(&self) -> u64 {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Counts a record that could not even be queued as a failed delivery.
+    pub fn record_enqueue_failure(&self, error: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(error.to_owned());
+        }
+        self.failed.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The most recent delivery error.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            if let Ok(mut last) = self.last_error.lock() {
+                *last = Some(error.to_string());
+            }
+            self.failed.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The sink (and dead-letter) producer type.
+pub type SinkProducer = ThreadedProducer<SinkContext>;
+
+/// Creates the idempotent producer for results and dead letters.
+pub fn sink_producer(
+    bootstrap: &str,
+    props: &BTreeMap<String, String>,
+) -> Result<SinkProducer, KafkaSetupError> {
+    client_config(bootstrap, props)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create_with_context(SinkContext::default())
+        .map_err(|source| KafkaSetupError::Create { what: "producer", source })
+}
+
+/// Number of partitions of `topic`.
+pub fn partition_count(
+    bootstrap: &str,
+    topic: &str,
+    props: &BTreeMap<String, String>,
+) -> Result<i32, KafkaSetupError> {
+    let consumer: BaseConsumer = client_config(bootstrap, props)
+        .create()
+        .map_err(|source| KafkaSetupError::Create { what: "metadata client", source })?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .map_err(|source| KafkaSetupError::Metadata {
+            topic: topic.to_owned(),
+            bootstrap: bootstrap.to_owned(),
+            source,
+        })?;
+    let topic_meta = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .ok_or_else(|| KafkaSetupError::NoSuchTopic(topic.to_owned()))?;
+    let count = topic_meta.partitions().len();
+    if count == 0 {
+        return Err(KafkaSetupError::NoSuchTopic(topic.to_owned()));
+    }
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}

@@ -1,0 +1,301 @@
+//! Telemetry: every event the worker reports is one type whose `emit()` writes the log line
+//! and updates the metric together, so the two never drift apart.
+
+use std::{sync::LazyLock, time::Duration};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::snapshot::SnapshotId;
+
+/// Labels of per-partition series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Source partition.
+    pub partition: i32,
+}
+
+/// Labels of dead-lettered record series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    /// Source partition.
+    pub partition: i32,
+    /// Error kind (`invalid_json`, `evaluation`, `timestamp`, `aggregate`).
+    pub kind: String,
+}
+
+/// The worker's Prometheus metrics.
+pub struct Metrics {
+    registry: Registry,
+    records_in: Family<PartitionLabels, Counter>,
+    records_out: Family<PartitionLabels, Counter>,
+    records_dead_lettered: Family<DeadLetterLabels, Counter>,
+    window_results: Family<PartitionLabels, Counter>,
+    late_records_dropped: Family<PartitionLabels, Counter>,
+    consumer_lag: Family<PartitionLabels, Gauge>,
+    processed_offset: Family<PartitionLabels, Gauge>,
+    checkpoint_offset: Family<PartitionLabels, Gauge>,
+    checkpoints: Counter,
+    checkpoint_failures: Counter,
+    checkpoint_duration: Histogram,
+    checkpoint_size: Histogram,
+    snapshots_rejected: Counter,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("streamjob");
+        let metrics = Self {
+            records_in: Family::default(),
+            records_out: Family::default(),
+            records_dead_lettered: Family::default(),
+            window_results: Family::default(),
+            late_records_dropped: Family::default(),
+            consumer_lag: Family::default(),
+            processed_offset: Family::default(),
+            checkpoint_offset: Family::default(),
+            checkpoints: Counter::default(),
+            checkpoint_failures: Counter::default(),
+            checkpoint_duration: Histogram::new(
+                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+            ),
+            checkpoint_size: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(256.0, 4.0, 12),
+            ),
+            snapshots_rejected: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("records_in", "Records read from the source", metrics.records_in.clone());
+        registry.register("records_out", "Records written to the sink", metrics.records_out.clone());
+        registry.register(
+            "records_dead_lettered",
+            "Records sent to the dead-letter topic (or skipped without one)",
+            metrics.records_dead_lettered.clone(),
+        );
+        registry.register("window_results", "Window results emitted", metrics.window_results.clone());
+        registry.register(
+            "late_records_dropped",
+            "Records dropped because their window closed beyond the allowed lateness",
+            metrics.late_records_dropped.clone(),
+        );
+        registry.register("consumer_lag", "Records between the read position and the partition end", metrics.consumer_lag.clone());
+        registry.register("processed_offset", "Next source offset to process", metrics.processed_offset.clone());
+        registry.register("checkpoint_offset", "Source offset of the newest completed checkpoint", metrics.checkpoint_offset.clone());
+        registry.register("checkpoints", "Completed partition checkpoints", metrics.checkpoints.clone());
+        registry.register("checkpoint_failures", "Failed checkpoint write attempts", metrics.checkpoint_failures.clone());
+        registry.register("checkpoint_duration_seconds", "Time to write one partition checkpoint", metrics.checkpoint_duration.clone());
+        registry.register("checkpoint_size_bytes", "Size of one partition checkpoint", metrics.checkpoint_size.clone());
+        registry.register("snapshots_rejected", "Damaged snapshots skipped at restore", metrics.snapshots_rejected.clone());
+        Self { registry, ..metrics }
+    }
+
+    /// The process-wide metrics.
+    pub fn global() -> &'static Metrics {
+        static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+        &METRICS
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Sets a partition's consumer lag (from librdkafka statistics).
+    pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
+        self.consumer_lag.get_or_create(&PartitionLabels { partition }).set(lag);
+    }
+}
+
+/// Something worth reporting.
+pub trait Event {
+    /// Logs the event and updates its metrics.
+    fn emit(self);
+}
+
+/// Per-partition record counts since the last report (the hot path batches them).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecordsProcessed {
+    /// Source partition.
+    pub partition: i32,
+    /// Records read.
+    pub records_in: u64,
+    /// Records written to the sink.
+    pub records_out: u64,
+    /// Window results among them.
+    pub window_results: u64,
+    /// Late records dropped.
+    pub late_dropped: u64,
+    /// Next offset to process.
+    pub next_offset: i64,
+}
+
+impl Event for RecordsProcessed {
+    fn emit(self) {
+        let m = Metrics::global();
+        let labels = PartitionLabels { partition: self.partition };
+        m.records_in.get_or_create(&labels).inc_by(self.records_in);
+        m.records_out.get_or_create(&labels).inc_by(self.records_out);
+        m.window_results.get_or_create(&labels).inc_by(self.window_results);
+        m.late_records_dropped.get_or_create(&labels).inc_by(self.late_dropped);
+        m.processed_offset.get_or_create(&labels).set(self.next_offset);
+        if self.late_dropped > 0 {
+            tracing::debug!(partition = self.partition, count = self.late_dropped, "late records dropped");
+        }
+    }
+}
+
+/// A record that failed and went to the dead-letter topic (or was skipped without one).
+pub struct RecordDeadLettered<'a> {
+    /// Source partition.
+    pub partition: i32,
+    /// Source offset.
+    pub offset: i64,
+    /// Error kind.
+    pub kind: &'a str,
+    /// Error message.
+    pub error: &'a str,
+    /// Whether a dead-letter topic received it.
+    pub to_topic: bool,
+}
+
+impl Event for RecordDeadLettered<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            partition = self.partition,
+            offset = self.offset,
+            kind = self.kind,
+            error = self.error,
+            dead_letter_topic = self.to_topic,
+            "record failed"
+        );
+        Metrics::global()
+            .records_dead_lettered
+            .get_or_create(&DeadLetterLabels { partition: self.partition, kind: self.kind.to_owned() })
+            .inc();
+    }
+}
+
+/// A partition checkpoint was written.
+pub struct CheckpointCompleted {
+    /// Partition.
+    pub partition: i32,
+    /// Snapshot id.
+    pub id: SnapshotId,
+    /// Encoded size.
+    pub bytes: usize,
+    /// Time from request to durable write.
+    pub duration: Duration,
+}
+
+impl Event for CheckpointCompleted {
+    fn emit(self) {
+        tracing::debug!(
+            partition = self.partition,
+            epoch = self.id.epoch,
+            offset = self.id.next_offset,
+            bytes = self.bytes,
+            millis = self.duration.as_millis() as u64,
+            "checkpoint completed"
+        );
+        let m = Metrics::global();
+        m.checkpoints.inc();
+        m.checkpoint_duration.observe(self.duration.as_secs_f64());
+        m.checkpoint_size.observe(self.bytes as f64);
+        m.checkpoint_offset.get_or_create(&PartitionLabels { partition: self.partition }).set(self.id.next_offset);
+    }
+}
+
+/// A checkpoint write attempt failed; it is retried.
+pub struct CheckpointFailed<'a> {
+    /// Partition.
+    pub partition: i32,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Error.
+    pub error: &'a str,
+    /// Delay before the next attempt.
+    pub retry_in: Duration,
+}
+
+impl Event for CheckpointFailed<'_> {
+    fn emit(self) {
+        tracing::warn!(
+            partition = self.partition,
+            attempt = self.attempt,
+            error = self.error,
+            retry_in_ms = self.retry_in.as_millis() as u64,
+            "checkpoint write failed; processing continues and the write is retried"
+        );
+        Metrics::global().checkpoint_failures.inc();
+    }
+}
+
+/// A damaged snapshot was skipped at restore.
+pub struct SnapshotRejected {
+    /// Partition.
+    pub partition: i32,
+    /// Object path.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Event for SnapshotRejected {
+    fn emit(self) {
+        tracing::warn!(
+            partition = self.partition,
+            path = %self.path,
+            reason = %self.reason,
+            "snapshot is damaged; falling back to the previous one"
+        );
+        Metrics::global().snapshots_rejected.inc();
+    }
+}
+
+/// A partition was restored and is about to run.
+pub struct PartitionRestored {
+    /// Partition.
+    pub partition: i32,
+    /// Snapshot restored from, if any.
+    pub from: Option<SnapshotId>,
+    /// Where it restored from (checkpoint, savepoint name, or start position).
+    pub source: String,
+}
+
+impl Event for PartitionRestored {
+    fn emit(self) {
+        match self.from {
+            Some(id) => tracing::info!(
+                partition = self.partition,
+                epoch = id.epoch,
+                offset = id.next_offset,
+                source = %self.source,
+                "partition restored"
+            ),
+            None => tracing::info!(partition = self.partition, source = %self.source, "partition starts without state"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_show_up_in_the_exposition() {
+        RecordsProcessed { partition: 9101, records_in: 5, records_out: 3, window_results: 1, late_dropped: 2, next_offset: 42 }.emit();
+        RecordDeadLettered { partition: 9101, offset: 7, kind: "invalid_json", error: "x", to_topic: true }.emit();
+        let text = Metrics::global().encode();
+        assert!(text.contains(r#"streamjob_records_in_total{partition="9101"} 5"#), "{text}");
+        assert!(text.contains(r#"streamjob_records_out_total{partition="9101"} 3"#));
+        assert!(text.contains(r#"streamjob_late_records_dropped_total{partition="9101"} 2"#));
+        assert!(text.contains(r#"streamjob_processed_offset{partition="9101"} 42"#));
+        assert!(text.contains(r#"streamjob_records_dead_lettered_total{partition="9101",kind="invalid_json"} 1"#));
+    }
+}
