@@ -25,7 +25,10 @@ impl StreamJob {
             },
             pipeline: Vec::new(),
             sink: Sink {
-                kafka: Some(KafkaSink { topic: "output".to_owned(), bootstrap_servers: None }),
+                kafka: Some(KafkaSink {
+                    topic: "output".to_owned(),
+                    bootstrap_servers: None,
+                }),
                 log: None,
             },
             checkpoint: CheckpointSpec::default(),
@@ -83,16 +86,25 @@ impl StreamJob {
 impl PipelineStep {
     /// A `filter` step.
     pub fn filter(expr: &str) -> Self {
-        Self { filter: Some(expr.to_owned()), ..Self::default() }
+        Self {
+            filter: Some(expr.to_owned()),
+            ..Self::default()
+        }
     }
 
     /// A `map` step.
     pub fn map(expr: &str) -> Self {
-        Self { map: Some(expr.to_owned()), ..Self::default() }
+        Self {
+            map: Some(expr.to_owned()),
+            ..Self::default()
+        }
     }
 
     /// A `keyBy` step.
     pub fn key_by(expr: &str) -> Self {
-        Self { key_by: Some(expr.to_owned()), ..Self::default() }
+        Self {
+            key_by: Some(expr.to_owned()),
+            ..Self::default()
+        }
     }
 }

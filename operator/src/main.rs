@@ -4,7 +4,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "streamjob-operator", version, about = "Runs StreamJobs on Kubernetes")]
+#[command(
+    name = "streamjob-operator",
+    version,
+    about = "Runs StreamJobs on Kubernetes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +23,8 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => {
-            let yaml = streamjob_operator::crdgen::crd_yaml().context("failed to render the CRD")?;
+            let yaml =
+                streamjob_operator::crdgen::crd_yaml().context("failed to render the CRD")?;
             print!("{yaml}");
         }
     }

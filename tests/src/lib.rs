@@ -74,7 +74,9 @@ pub fn unique_name(prefix: &str) -> String {
 /// A client for the local apiserver (from `KUBECONFIG`).
 pub async fn kube_client() -> Client {
     stack_env();
-    Client::try_default().await.expect("cannot build a client from KUBECONFIG")
+    Client::try_default()
+        .await
+        .expect("cannot build a client from KUBECONFIG")
 }
 
 /// Runs a command of the stack (kubectl, helm, ...) and returns its output.
@@ -112,7 +114,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -124,16 +129,26 @@ pub async fn ensure_crd(client: &Client) {
     let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("CRD YAML parses");
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = crd.metadata.name.clone().expect("CRD has a name");
-    api.patch(&name, &PatchParams::apply(TEST_MANAGER).force(), &Patch::Apply(&crd))
-        .await
-        .expect("applying the CRD succeeds");
-    wait_for("the StreamJob CRD to be established", Duration::from_secs(30), || async {
-        let crd = api.get(&name).await.ok()?;
-        let established = crd.status?.conditions?.iter().any(|c| {
-            c.type_ == "Established" && c.status == "True"
-        });
-        established.then_some(())
-    })
+    api.patch(
+        &name,
+        &PatchParams::apply(TEST_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .expect("applying the CRD succeeds");
+    wait_for(
+        "the StreamJob CRD to be established",
+        Duration::from_secs(30),
+        || async {
+            let crd = api.get(&name).await.ok()?;
+            let established = crd
+                .status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(())
+        },
+    )
     .await;
 }
 

@@ -41,7 +41,11 @@ impl Event {
             EventKind::Click | EventKind::View => format!(
                 r#"{{"user":"{}","type":"{}","ts":{},"amount":{},"seq":{}}}"#,
                 self.user,
-                if self.kind == EventKind::Click { "click" } else { "view" },
+                if self.kind == EventKind::Click {
+                    "click"
+                } else {
+                    "view"
+                },
                 self.ts,
                 self.amount,
                 self.seq
@@ -108,12 +112,19 @@ pub fn expected(events: &[Event], windows: Windows) -> Expected {
             if watermark.is_some_and(|w| w >= end + windows.lateness) {
                 out.late_dropped += 1;
             } else {
-                let slot = open.entry((end, event.user.clone())).or_insert((0, 0, false));
+                let slot = open
+                    .entry((end, event.user.clone()))
+                    .or_insert((0, 0, false));
                 slot.0 += 1;
                 slot.1 += event.amount;
                 if watermark.is_some_and(|w| w >= end) {
                     slot.2 = true;
-                    out.emissions.push(WindowResult { key: event.user.clone(), start, count: slot.0, sum: slot.1 });
+                    out.emissions.push(WindowResult {
+                        key: event.user.clone(),
+                        start,
+                        count: slot.0,
+                        sum: slot.1,
+                    });
                 }
             }
             max_ts = Some(max_ts.map_or(event.ts, |m| m.max(event.ts)));
@@ -121,14 +132,20 @@ pub fn expected(events: &[Event], windows: Windows) -> Expected {
             for ((end, key), (count, sum, fired)) in open.iter_mut() {
                 if *end <= watermark && !*fired {
                     *fired = true;
-                    out.emissions.push(WindowResult { key: key.clone(), start: end - windows.size, count: *count, sum: *sum });
+                    out.emissions.push(WindowResult {
+                        key: key.clone(),
+                        start: end - windows.size,
+                        count: *count,
+                        sum: *sum,
+                    });
                 }
             }
             open.retain(|(end, _), _| end + windows.lateness > watermark);
         }
     }
     for result in &out.emissions {
-        out.finals.insert((result.key.clone(), result.start), result.clone());
+        out.finals
+            .insert((result.key.clone(), result.start), result.clone());
     }
     out
 }
@@ -138,12 +155,23 @@ mod tests {
     use super::*;
 
     fn click(partition: i32, user: &str, ts: i64, amount: i64) -> Event {
-        Event { partition, user: user.into(), ts, amount, kind: EventKind::Click, seq: 0 }
+        Event {
+            partition,
+            user: user.into(),
+            ts,
+            amount,
+            kind: EventKind::Click,
+            seq: 0,
+        }
     }
 
     #[test]
     fn model_follows_the_documented_example_semantics() {
-        let w = Windows { size: 10, out_of_orderness: 0, lateness: 10 };
+        let w = Windows {
+            size: 10,
+            out_of_orderness: 0,
+            lateness: 10,
+        };
         let events = [
             click(0, "a", 1, 1),
             click(0, "a", 12, 1), // fires [0,10) with count 1

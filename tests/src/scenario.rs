@@ -20,7 +20,11 @@ pub const PARTITIONS: i32 = 4;
 const USERS: i32 = 12;
 const T0: i64 = 1_700_000_000_000;
 /// The test job's windows: 10 s tumbling, 2 s out-of-orderness, 5 s allowed lateness.
-pub const WINDOWS: Windows = Windows { size: 10_000, out_of_orderness: 2_000, lateness: 5_000 };
+pub const WINDOWS: Windows = Windows {
+    size: 10_000,
+    out_of_orderness: 2_000,
+    lateness: 5_000,
+};
 
 /// One test's job, topics and storage.
 pub struct Scenario {
@@ -111,7 +115,10 @@ spec:
 
     /// Every window result on the output topic, in offset order per partition.
     pub fn output_results(&self) -> Vec<WindowResult> {
-        read_topic(&self.bootstrap, &self.output).iter().map(parse_result).collect()
+        read_topic(&self.bootstrap, &self.output)
+            .iter()
+            .map(parse_result)
+            .collect()
     }
 
     /// Records on the dead-letter topic.
@@ -130,15 +137,26 @@ spec:
                 return results;
             }
             if std::time::Instant::now() > deadline {
-                let missing: Vec<_> =
-                    expected.finals.iter().filter(|(k, v)| finals.get(*k) != Some(*v)).take(10).collect();
-                let extra: Vec<_> =
-                    finals.iter().filter(|(k, _)| !expected.finals.contains_key(*k)).take(10).collect();
+                let missing: Vec<_> = expected
+                    .finals
+                    .iter()
+                    .filter(|(k, v)| finals.get(*k) != Some(*v))
+                    .take(10)
+                    .collect();
+                let extra: Vec<_> = finals
+                    .iter()
+                    .filter(|(k, _)| !expected.finals.contains_key(*k))
+                    .take(10)
+                    .collect();
                 panic!(
                     "output does not match the reference after {timeout:?}: {} of {} windows \
                      differ or are missing (first: {missing:?}); unexpected windows: {extra:?}; \
                      logs in {}",
-                    expected.finals.iter().filter(|(k, v)| finals.get(*k) != Some(*v)).count(),
+                    expected
+                        .finals
+                        .iter()
+                        .filter(|(k, v)| finals.get(*k) != Some(*v))
+                        .count(),
                     expected.finals.len(),
                     self.dir.display()
                 );
@@ -151,7 +169,11 @@ spec:
 fn parse_result(record: &Consumed) -> WindowResult {
     let v: serde_json::Value = serde_json::from_str(&record.value)
         .unwrap_or_else(|e| panic!("output record is not JSON ({e}): {}", record.value));
-    assert_eq!(v["key"].as_str(), Some(record.key.as_str()), "result key field equals the record key");
+    assert_eq!(
+        v["key"].as_str(),
+        Some(record.key.as_str()),
+        "result key field equals the record key"
+    );
     WindowResult {
         key: record.key.clone(),
         start: v["windowStart"].as_i64().expect("windowStart"),
@@ -162,7 +184,10 @@ fn parse_result(record: &Consumed) -> WindowResult {
 
 /// The last result per (key, window) in output order.
 pub fn finals(results: &[WindowResult]) -> BTreeMap<(String, i64), WindowResult> {
-    results.iter().map(|r| ((r.key.clone(), r.start), r.clone())).collect()
+    results
+        .iter()
+        .map(|r| ((r.key.clone(), r.start), r.clone()))
+        .collect()
 }
 
 /// Results grouped by key, in emission order (results of one key share an output partition,
@@ -179,8 +204,15 @@ pub fn per_key(results: &[WindowResult]) -> BTreeMap<String, Vec<WindowResult>> 
 /// allowed only as identical re-emissions).
 pub fn assert_only_reference_emissions(results: &[WindowResult], expected: &Expected) {
     let valid: BTreeSet<_> = expected.emissions.iter().collect();
-    let invalid: Vec<_> = results.iter().filter(|r| !valid.contains(r)).take(10).collect();
-    assert!(invalid.is_empty(), "output holds results no correct run emits: {invalid:?}");
+    let invalid: Vec<_> = results
+        .iter()
+        .filter(|r| !valid.contains(r))
+        .take(10)
+        .collect();
+    assert!(
+        invalid.is_empty(),
+        "output holds results no correct run emits: {invalid:?}"
+    );
 }
 
 /// A generated stream: `per_partition` events per partition (plus one final event per
@@ -191,7 +223,10 @@ pub fn generate(seed: u64, per_partition: usize) -> Vec<Event> {
     let mut events = Vec::new();
     let mut seq = 0;
     for partition in 0..PARTITIONS {
-        let users: Vec<String> = (0..USERS).filter(|u| u % PARTITIONS == partition).map(|u| format!("u{u}")).collect();
+        let users: Vec<String> = (0..USERS)
+            .filter(|u| u % PARTITIONS == partition)
+            .map(|u| format!("u{u}"))
+            .collect();
         let mut now = T0;
         for _ in 0..per_partition {
             now += rng.random_range(20..80);
@@ -211,10 +246,24 @@ pub fn generate(seed: u64, per_partition: usize) -> Vec<Event> {
             };
             let user = users[rng.random_range(0..users.len())].clone();
             seq += 1;
-            events.push(Event { partition, user, ts, amount: rng.random_range(1..100), kind, seq });
+            events.push(Event {
+                partition,
+                user,
+                ts,
+                amount: rng.random_range(1..100),
+                kind,
+                seq,
+            });
         }
         seq += 1;
-        events.push(Event { partition, user: users[0].clone(), ts: now + 60_000, amount: 1, kind: EventKind::Click, seq });
+        events.push(Event {
+            partition,
+            user: users[0].clone(),
+            ts: now + 60_000,
+            amount: 1,
+            kind: EventKind::Click,
+            seq,
+        });
     }
     events
 }

@@ -25,7 +25,11 @@ pub fn worker_bin() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
     let bin = target.join("debug/streamjob-worker");
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
     bin
 }
 
@@ -49,7 +53,11 @@ pub struct Worker {
 impl Worker {
     /// Starts `streamjob-worker run --job JOB` with logs appended to `log`.
     pub fn start_job(job: &Path, log: &Path) -> Self {
-        Self::start(&["run", "--job", job.to_str().expect("utf-8 path")], log, &[])
+        Self::start(
+            &["run", "--job", job.to_str().expect("utf-8 path")],
+            log,
+            &[],
+        )
     }
 
     /// Starts the worker with `args`, extra environment `env`, logs appended to `log`.
@@ -70,7 +78,11 @@ impl Worker {
             .stderr(log_file)
             .spawn()
             .expect("worker starts");
-        Self { child, port, log: log.to_path_buf() }
+        Self {
+            child,
+            port,
+            log: log.to_path_buf(),
+        }
     }
 
     /// SIGKILLs the worker.
@@ -90,7 +102,10 @@ impl Worker {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("worker did not exit within {timeout:?} of SIGTERM; log: {}", self.log.display());
+                panic!(
+                    "worker did not exit within {timeout:?} of SIGTERM; log: {}",
+                    self.log.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -137,15 +152,21 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 /// Parses one series' value out of a Prometheus exposition.
 pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+    exposition.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Creates `topic` with `partitions` partitions.
 pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -172,11 +193,17 @@ pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
 pub fn produce(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, events: &[Event]) {
     for event in events {
         let payload = event.payload();
-        let mut record = BaseRecord::to(topic).partition(event.partition).key(&event.user).payload(&payload);
+        let mut record = BaseRecord::to(topic)
+            .partition(event.partition)
+            .key(&event.user)
+            .payload(&payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
-                Err((KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), back)) => {
+                Err((
+                    KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    back,
+                )) => {
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -209,11 +236,14 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Consumed> {
         .set("enable.partition.eof", "true")
         .create()
         .expect("consumer");
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("metadata");
     let partitions = metadata.topics()[0].partitions().len() as i32;
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("partition");
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
     }
     consumer.assign(&tpl).expect("assign");
     let mut at_end = std::collections::BTreeSet::new();
@@ -233,7 +263,13 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Consumed> {
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default();

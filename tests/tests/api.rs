@@ -2,6 +2,9 @@
 //! rules accept valid jobs, reject invalid ones with a message naming the field, and the scale
 //! subresource drives `spec.parallelism`.
 
+// A failed step fails the test: panicking is how these harness helpers report it.
+#![allow(clippy::unwrap_used)]
+
 use std::{io::Write, process::Stdio};
 
 use streamjob_tests::{ensure_crd, kube_client, repo_root, run_ok, temp_namespace};
@@ -15,9 +18,17 @@ fn kubectl_apply(namespace: &str, manifest: &str) -> (bool, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl runs");
-    child.stdin.take().expect("stdin is piped").write_all(manifest.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(manifest.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A valid manifest; `patch` edits its YAML text to make variants.
@@ -54,7 +65,10 @@ spec:
 
 async fn rejected(namespace: &str, manifest: &str) -> String {
     let (ok, stderr) = kubectl_apply(namespace, manifest);
-    assert!(!ok, "the API server accepted an invalid StreamJob:\n{manifest}");
+    assert!(
+        !ok,
+        "the API server accepted an invalid StreamJob:\n{manifest}"
+    );
     stderr
 }
 
@@ -69,9 +83,20 @@ async fn valid_jobs_are_accepted_with_defaults_filled_in() {
 
     let state = run_ok(
         "kubectl",
-        &["get", "sj", "clicks", "-n", &ns.name, "-o", "jsonpath={.spec.state} {.spec.checkpoint.retained} {.spec.source.kafka.startFrom}"],
+        &[
+            "get",
+            "sj",
+            "clicks",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.spec.state} {.spec.checkpoint.retained} {.spec.source.kafka.startFrom}",
+        ],
     );
-    assert_eq!(state, "running 3 earliest", "schema defaults are applied by the API server");
+    assert_eq!(
+        state, "running 3 earliest",
+        "schema defaults are applied by the API server"
+    );
 }
 
 #[tokio::test]
@@ -101,12 +126,21 @@ async fn zero_parallelism_is_rejected_unless_suspended() {
 
     let zero = job_manifest("zero").replace("parallelism: 2", "parallelism: 0");
     let err = rejected(&ns.name, &zero).await;
-    assert!(err.contains("spec.parallelism"), "error does not name the field: {err}");
-    assert!(err.contains("parallelism must be at least 1"), "unexpected error: {err}");
+    assert!(
+        err.contains("spec.parallelism"),
+        "error does not name the field: {err}"
+    );
+    assert!(
+        err.contains("parallelism must be at least 1"),
+        "unexpected error: {err}"
+    );
 
     let suspended = zero.replace("  parallelism: 0", "  parallelism: 0\n  state: suspended");
     let (ok, stderr) = kubectl_apply(&ns.name, &suspended);
-    assert!(ok, "a suspended job with parallelism 0 must be accepted: {stderr}");
+    assert!(
+        ok,
+        "a suspended job with parallelism 0 must be accepted: {stderr}"
+    );
 }
 
 #[tokio::test]
@@ -116,12 +150,24 @@ async fn unknown_storage_scheme_is_rejected() {
     let ns = temp_namespace("api-scheme");
     let ftp = job_manifest("ftp").replace("s3://streamjob/checkpoints", "ftp://host/checkpoints");
     let err = rejected(&ns.name, &ftp).await;
-    assert!(err.contains("spec.checkpoint.storage"), "error does not name the field: {err}");
-    assert!(err.contains("s3://, gs://, az:// or file://"), "unexpected error: {err}");
+    assert!(
+        err.contains("spec.checkpoint.storage"),
+        "error does not name the field: {err}"
+    );
+    assert!(
+        err.contains("s3://, gs://, az:// or file://"),
+        "unexpected error: {err}"
+    );
 
-    let restore = job_manifest("restore").replace("  parallelism: 2", "  parallelism: 2\n  restoreFrom: http://x/sp");
+    let restore = job_manifest("restore").replace(
+        "  parallelism: 2",
+        "  parallelism: 2\n  restoreFrom: http://x/sp",
+    );
     let err = rejected(&ns.name, &restore).await;
-    assert!(err.contains("spec.restoreFrom"), "error does not name the field: {err}");
+    assert!(
+        err.contains("spec.restoreFrom"),
+        "error does not name the field: {err}"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +177,10 @@ async fn missing_topic_is_rejected() {
     let ns = temp_namespace("api-topic");
     let no_topic = job_manifest("notopic").replace("      topic: clicks\n", "");
     let err = rejected(&ns.name, &no_topic).await;
-    assert!(err.contains("spec.source.kafka.topic"), "error does not name the field: {err}");
+    assert!(
+        err.contains("spec.source.kafka.topic"),
+        "error does not name the field: {err}"
+    );
     assert!(err.contains("Required value"), "unexpected error: {err}");
 }
 
@@ -143,22 +192,42 @@ async fn wrong_types_and_malformed_steps_are_rejected() {
 
     let text = job_manifest("text").replace("parallelism: 2", "parallelism: two");
     let err = rejected(&ns.name, &text).await;
-    assert!(err.contains("spec.parallelism"), "error does not name the field: {err}");
-    assert!(err.contains("integer"), "error does not name the expected type: {err}");
+    assert!(
+        err.contains("spec.parallelism"),
+        "error does not name the field: {err}"
+    );
+    assert!(
+        err.contains("integer"),
+        "error does not name the expected type: {err}"
+    );
 
-    let two_ops = job_manifest("twoops")
-        .replace("    - keyBy: .user\n", "    - keyBy: .user\n      map: .x\n");
+    let two_ops = job_manifest("twoops").replace(
+        "    - keyBy: .user\n",
+        "    - keyBy: .user\n      map: .x\n",
+    );
     let err = rejected(&ns.name, &two_ops).await;
-    assert!(err.contains("spec.pipeline[1]"), "error does not name the step: {err}");
-    assert!(err.contains("exactly one of filter, map, keyBy or window"), "unexpected: {err}");
+    assert!(
+        err.contains("spec.pipeline[1]"),
+        "error does not name the step: {err}"
+    );
+    assert!(
+        err.contains("exactly one of filter, map, keyBy or window"),
+        "unexpected: {err}"
+    );
 
     let sum_without_of = job_manifest("sum").replace("function: count", "function: sum");
     let err = rejected(&ns.name, &sum_without_of).await;
-    assert!(err.contains("aggregates[0]"), "error does not name the aggregate: {err}");
+    assert!(
+        err.contains("aggregates[0]"),
+        "error does not name the aggregate: {err}"
+    );
 
     let bad_slide = job_manifest("slide").replace("size: 1m", "size: 1m\n        slide: 2m");
     let err = rejected(&ns.name, &bad_slide).await;
-    assert!(err.contains("slide must be positive and at most the window size"), "{err}");
+    assert!(
+        err.contains("slide must be positive and at most the window size"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -169,15 +238,38 @@ async fn kubectl_scale_changes_parallelism() {
     let (ok, stderr) = kubectl_apply(&ns.name, &job_manifest("scaled"));
     assert!(ok, "{stderr}");
 
-    run_ok("kubectl", &["scale", "sj/scaled", "-n", &ns.name, "--replicas=3"]);
+    run_ok(
+        "kubectl",
+        &["scale", "sj/scaled", "-n", &ns.name, "--replicas=3"],
+    );
 
-    let parallelism =
-        run_ok("kubectl", &["get", "sj", "scaled", "-n", &ns.name, "-o", "jsonpath={.spec.parallelism}"]);
+    let parallelism = run_ok(
+        "kubectl",
+        &[
+            "get",
+            "sj",
+            "scaled",
+            "-n",
+            &ns.name,
+            "-o",
+            "jsonpath={.spec.parallelism}",
+        ],
+    );
     assert_eq!(parallelism, "3");
     let scale = run_ok(
         "kubectl",
-        &["get", "--raw", &format!("/apis/streamjob.dev/v1alpha1/namespaces/{}/streamjobs/scaled/scale", ns.name)],
+        &[
+            "get",
+            "--raw",
+            &format!(
+                "/apis/streamjob.dev/v1alpha1/namespaces/{}/streamjobs/scaled/scale",
+                ns.name
+            ),
+        ],
     );
     let scale: serde_json::Value = serde_json::from_str(&scale).unwrap();
-    assert_eq!(scale["spec"]["replicas"], 3, "scale subresource reports the new parallelism");
+    assert_eq!(
+        scale["spec"]["replicas"], 3,
+        "scale subresource reports the new parallelism"
+    );
 }

@@ -1,21 +1,25 @@
 //! rdkafka against the local Kafka broker: plain and transactional produce/consume round trips.
 
+// A failed step fails the test: panicking is how these harness helpers report it.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use rdkafka::{
-    ClientConfig, Message,
+    ClientConfig, Message, TopicPartitionList,
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
-    error::KafkaError,
     consumer::{BaseConsumer, Consumer},
+    error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
-    TopicPartitionList,
 };
 use streamjob_tests::{stack_env, unique_name};
 
 async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
     let results = admin
         .create_topics(
             &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
@@ -30,7 +34,12 @@ async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
 
 /// Reads every record of `topic` partition `partition` until the consumer reports the end of
 /// the partition (which accounts for transaction markers).
-fn read_partition(bootstrap: &str, topic: &str, partition: i32, isolation: &str) -> Vec<(String, String)> {
+fn read_partition(
+    bootstrap: &str,
+    topic: &str,
+    partition: i32,
+    isolation: &str,
+) -> Vec<(String, String)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique_name("roundtrip"))
@@ -40,12 +49,16 @@ fn read_partition(bootstrap: &str, topic: &str, partition: i32, isolation: &str)
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning).unwrap();
+    tpl.add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+        .unwrap();
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        assert!(Instant::now() < deadline, "timed out reading {topic}/{partition}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out reading {topic}/{partition}"
+        );
         match consumer.poll(Duration::from_millis(500)) {
             None => continue,
             Some(Err(KafkaError::PartitionEOF(_))) => return out,
@@ -74,13 +87,21 @@ async fn produce_and_consume_round_trip() {
     for i in 0..10 {
         let (key, value) = (format!("k{i}"), format!(r#"{{"n":{i}}}"#));
         producer
-            .send(FutureRecord::to(&topic).partition(1).key(&key).payload(&value), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic)
+                    .partition(1)
+                    .key(&key)
+                    .payload(&value),
+                Duration::from_secs(10),
+            )
             .await
             .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
     }
 
     let records = read_partition(&env.kafka_bootstrap, &topic, 1, "read_uncommitted");
-    let expected: Vec<_> = (0..10).map(|i| (format!("k{i}"), format!(r#"{{"n":{i}}}"#))).collect();
+    let expected: Vec<_> = (0..10)
+        .map(|i| (format!("k{i}"), format!(r#"{{"n":{i}}}"#)))
+        .collect();
     assert_eq!(records, expected);
 }
 
@@ -95,24 +116,44 @@ async fn committed_transactions_are_visible_and_aborted_ones_are_not() {
         .set("transactional.id", unique_name("txn-producer"))
         .create()
         .unwrap();
-    producer.init_transactions(Duration::from_secs(30)).expect("init_transactions");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init_transactions");
 
     producer.begin_transaction().unwrap();
     producer
-        .send(FutureRecord::to(&topic).partition(0).key("a").payload("aborted"), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&topic)
+                .partition(0)
+                .key("a")
+                .payload("aborted"),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
     producer.abort_transaction(Duration::from_secs(30)).unwrap();
 
     producer.begin_transaction().unwrap();
     producer
-        .send(FutureRecord::to(&topic).partition(0).key("c").payload("committed"), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&topic)
+                .partition(0)
+                .key("c")
+                .payload("committed"),
+            Duration::from_secs(10),
+        )
         .await
         .unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
-    producer.commit_transaction(Duration::from_secs(30)).unwrap();
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .unwrap();
 
     let committed = read_partition(&env.kafka_bootstrap, &topic, 0, "read_committed");
     assert_eq!(committed, vec![("c".to_owned(), "committed".to_owned())]);
     let everything = read_partition(&env.kafka_bootstrap, &topic, 0, "read_uncommitted");
-    assert_eq!(everything.len(), 2, "read_uncommitted sees the aborted record too: {everything:?}");
+    assert_eq!(
+        everything.len(),
+        2,
+        "read_uncommitted sees the aborted record too: {everything:?}"
+    );
 }

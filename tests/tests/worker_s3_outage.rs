@@ -2,6 +2,9 @@
 //! counted, and checkpoints resume when it is back. Its own test binary, because it stops the
 //! shared S3 server.
 
+// A failed step fails the test: panicking is how these harness helpers report it.
+#![allow(clippy::unwrap_used)]
+
 use std::{process::Command, time::Duration};
 
 use streamjob_tests::{
@@ -17,7 +20,10 @@ fn s3_server(action: &str) {
         "set -e; source {0}/common.sh; source {0}/s3.sh; s3_{action}",
         stack.display()
     );
-    let status = Command::new("bash").args(["-c", &script]).status().expect("bash runs");
+    let status = Command::new("bash")
+        .args(["-c", &script])
+        .status()
+        .expect("bash runs");
     assert!(status.success(), "s3_{action} failed");
 }
 
@@ -44,13 +50,23 @@ async fn processing_continues_while_s3_is_down_and_checkpoints_resume() {
     let expected = scenario::expected(&events);
     let producer = producer(&scenario.bootstrap);
     // Fractions of every partition's records, each produced in partition order.
-    let by_partition: Vec<Vec<_>> =
-        (0..PARTITIONS).map(|p| events.iter().filter(|e| e.partition == p).cloned().collect()).collect();
+    let by_partition: Vec<Vec<_>> = (0..PARTITIONS)
+        .map(|p| {
+            events
+                .iter()
+                .filter(|e| e.partition == p)
+                .cloned()
+                .collect()
+        })
+        .collect();
     let slice = |from: f64, to: f64| -> Vec<_> {
         by_partition
             .iter()
             .flat_map(|evs| {
-                let (a, b) = ((evs.len() as f64 * from) as usize, (evs.len() as f64 * to) as usize);
+                let (a, b) = (
+                    (evs.len() as f64 * from) as usize,
+                    (evs.len() as f64 * to) as usize,
+                );
                 evs[a..b].to_vec()
             })
             .collect()
@@ -59,30 +75,48 @@ async fn processing_continues_while_s3_is_down_and_checkpoints_resume() {
     produce(&producer, &scenario.input, &slice(0.0, 0.3));
     let worker = Worker::start_job(&scenario.job_file, &scenario.log(0));
     wait_for("a first checkpoint", Duration::from_secs(60), || async {
-        (worker.metric("streamjob_checkpoints_total").unwrap_or(0.0) >= PARTITIONS as f64).then_some(())
+        (worker.metric("streamjob_checkpoints_total").unwrap_or(0.0) >= PARTITIONS as f64)
+            .then_some(())
     })
     .await;
 
     let outage = S3Outage::start();
     let records_before = records_in(&worker);
     produce(&producer, &scenario.input, &slice(0.3, 0.7));
-    wait_for("checkpoint failures while S3 is down", Duration::from_secs(60), || async {
-        (worker.metric("streamjob_checkpoint_failures_total").unwrap_or(0.0) >= 1.0).then_some(())
-    })
+    wait_for(
+        "checkpoint failures while S3 is down",
+        Duration::from_secs(60),
+        || async {
+            (worker
+                .metric("streamjob_checkpoint_failures_total")
+                .unwrap_or(0.0)
+                >= 1.0)
+                .then_some(())
+        },
+    )
     .await;
-    wait_for("processing to continue while S3 is down", Duration::from_secs(60), || async {
-        (records_in(&worker) > records_before).then_some(())
-    })
+    wait_for(
+        "processing to continue while S3 is down",
+        Duration::from_secs(60),
+        || async { (records_in(&worker) > records_before).then_some(()) },
+    )
     .await;
     let completed_during_outage = worker.metric("streamjob_checkpoints_total").unwrap_or(0.0);
 
     drop(outage);
     produce(&producer, &scenario.input, &slice(0.7, 1.0));
-    wait_for("checkpoints to resume once S3 is back", Duration::from_secs(90), || async {
-        (worker.metric("streamjob_checkpoints_total").unwrap_or(0.0) > completed_during_outage).then_some(())
-    })
+    wait_for(
+        "checkpoints to resume once S3 is back",
+        Duration::from_secs(90),
+        || async {
+            (worker.metric("streamjob_checkpoints_total").unwrap_or(0.0) > completed_during_outage)
+                .then_some(())
+        },
+    )
     .await;
-    let results = scenario.await_results(&expected, Duration::from_secs(120)).await;
+    let results = scenario
+        .await_results(&expected, Duration::from_secs(120))
+        .await;
     assert_only_reference_emissions(&results, &expected);
 }
 

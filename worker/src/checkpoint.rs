@@ -81,9 +81,16 @@ pub fn restore_order(mut ids: Vec<SnapshotId>, max_epoch: u64) -> Vec<SnapshotId
 /// Snapshots to delete so that only the newest `retained` remain, never deleting `keep`
 /// (the snapshot the partition was restored from until a newer one exists is among the newest
 /// anyway; `keep` guards a restore that is still pending).
-pub fn to_prune(mut ids: Vec<SnapshotId>, retained: usize, keep: Option<SnapshotId>) -> Vec<SnapshotId> {
+pub fn to_prune(
+    mut ids: Vec<SnapshotId>,
+    retained: usize,
+    keep: Option<SnapshotId>,
+) -> Vec<SnapshotId> {
     ids.sort_unstable_by(|a, b| b.cmp(a));
-    ids.into_iter().skip(retained.max(1)).filter(|id| Some(*id) != keep).collect()
+    ids.into_iter()
+        .skip(retained.max(1))
+        .filter(|id| Some(*id) != keep)
+        .collect()
 }
 
 /// Reads and writes one job's snapshots.
@@ -117,7 +124,10 @@ impl CheckpointStore {
             .try_collect()
             .await
             .map_err(|source| CheckpointError::List { partition, source })?;
-        Ok(metas.iter().filter_map(|m| JobPaths::parse_checkpoint(&m.location)).collect())
+        Ok(metas
+            .iter()
+            .filter_map(|m| JobPaths::parse_checkpoint(&m.location))
+            .collect())
     }
 
     /// The newest checkpoint of `partition` that reads back intact, skipping (and reporting)
@@ -135,15 +145,26 @@ impl CheckpointStore {
                         SnapshotRejected {
                             partition,
                             path: path.to_string(),
-                            reason: format!("header names partition {} {:?}", header.partition, header.id),
+                            reason: format!(
+                                "header names partition {} {:?}",
+                                header.partition, header.id
+                            ),
                         }
                         .emit();
                     }
                     Ok((header, state)) => return Ok(Some(Restored { header, state })),
-                    Err(e) => SnapshotRejected { partition, path: path.to_string(), reason: e.to_string() }.emit(),
+                    Err(e) => SnapshotRejected {
+                        partition,
+                        path: path.to_string(),
+                        reason: e.to_string(),
+                    }
+                    .emit(),
                 },
                 // Deleted between list and get (pruned by a concurrent writer): try the next.
-                Err(CheckpointError::Read { source: object_store::Error::NotFound { .. }, .. }) => {}
+                Err(CheckpointError::Read {
+                    source: object_store::Error::NotFound { .. },
+                    ..
+                }) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -158,14 +179,26 @@ impl CheckpointStore {
     ) -> Result<Restored, CheckpointError> {
         let path = self.paths.savepoint_part(savepoint, partition);
         let bytes = self.read(&path).await?;
-        let (header, state) = snapshot::decode(&bytes)
-            .map_err(|source| CheckpointError::InvalidPart { path: path.to_string(), source })?;
+        let (header, state) =
+            snapshot::decode(&bytes).map_err(|source| CheckpointError::InvalidPart {
+                path: path.to_string(),
+                source,
+            })?;
         Ok(Restored { header, state })
     }
 
     async fn read(&self, path: &Path) -> Result<Bytes, CheckpointError> {
-        let read_err = |source| CheckpointError::Read { path: path.to_string(), source };
-        self.store().get(path).await.map_err(read_err)?.bytes().await.map_err(read_err)
+        let read_err = |source| CheckpointError::Read {
+            path: path.to_string(),
+            source,
+        };
+        self.store()
+            .get(path)
+            .await
+            .map_err(read_err)?
+            .bytes()
+            .await
+            .map_err(read_err)
     }
 
     /// Encodes and writes a checkpoint of `header.partition`. Snapshot objects are immutable:
@@ -197,13 +230,25 @@ impl CheckpointStore {
         header: &SnapshotHeader,
         state: &[u8],
     ) -> Result<usize, CheckpointError> {
-        let bytes = snapshot::encode(header, state)
-            .map_err(|source| CheckpointError::Encode { partition: header.partition, source })?;
+        let bytes = snapshot::encode(header, state).map_err(|source| CheckpointError::Encode {
+            partition: header.partition,
+            source,
+        })?;
         let size = bytes.len();
-        let opts = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
-        match self.store().put_opts(path, PutPayload::from(bytes), opts).await {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .store()
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await
+        {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(size),
-            Err(source) => Err(CheckpointError::Write { path: path.to_string(), source }),
+            Err(source) => Err(CheckpointError::Write {
+                path: path.to_string(),
+                source,
+            }),
         }
     }
 
@@ -215,7 +260,12 @@ impl CheckpointStore {
             let path = self.paths.checkpoint(partition, id);
             match self.store().delete(&path).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(source) => return Err(CheckpointError::Write { path: path.to_string(), source }),
+                Err(source) => {
+                    return Err(CheckpointError::Write {
+                        path: path.to_string(),
+                        source,
+                    });
+                }
             }
         }
         Ok(count)
@@ -241,13 +291,20 @@ mod tests {
     }
 
     fn store() -> CheckpointStore {
-        let storage = Storage { store: Arc::new(InMemory::new()), prefix: Path::from("cp") };
+        let storage = Storage {
+            store: Arc::new(InMemory::new()),
+            prefix: Path::from("cp"),
+        };
         let paths = JobPaths::new(&storage.prefix, "ns", "job");
         CheckpointStore::new(storage, paths)
     }
 
     fn header(partition: i32, id: SnapshotId) -> SnapshotHeader {
-        SnapshotHeader { partition, id, created_ms: 0 }
+        SnapshotHeader {
+            partition,
+            id,
+            created_ms: 0,
+        }
     }
 
     #[test]
@@ -259,9 +316,19 @@ mod tests {
     #[test]
     fn pruning_keeps_the_newest_and_the_pinned_snapshot() {
         let ids = vec![id(1, 1), id(1, 2), id(1, 3), id(2, 0), id(2, 5)];
-        assert_eq!(to_prune(ids.clone(), 2, None), vec![id(1, 3), id(1, 2), id(1, 1)]);
-        assert_eq!(to_prune(ids.clone(), 2, Some(id(1, 2))), vec![id(1, 3), id(1, 1)]);
-        assert_eq!(to_prune(ids, 0, None).len(), 4, "at least one snapshot is always kept");
+        assert_eq!(
+            to_prune(ids.clone(), 2, None),
+            vec![id(1, 3), id(1, 2), id(1, 1)]
+        );
+        assert_eq!(
+            to_prune(ids.clone(), 2, Some(id(1, 2))),
+            vec![id(1, 3), id(1, 1)]
+        );
+        assert_eq!(
+            to_prune(ids, 0, None).len(),
+            4,
+            "at least one snapshot is always kept"
+        );
     }
 
     #[test]
@@ -273,12 +340,22 @@ mod tests {
     #[tokio::test]
     async fn restore_skips_a_corrupt_newest_snapshot() {
         let store = store();
-        store.write_checkpoint(&header(0, id(1, 10)), b"old state").await.unwrap();
-        store.write_checkpoint(&header(0, id(1, 20)), b"new state").await.unwrap();
+        store
+            .write_checkpoint(&header(0, id(1, 10)), b"old state")
+            .await
+            .unwrap();
+        store
+            .write_checkpoint(&header(0, id(1, 20)), b"new state")
+            .await
+            .unwrap();
         // Truncate the newest object in place.
         let newest = store.paths().checkpoint(0, id(1, 20));
         let bytes = store.read(&newest).await.unwrap();
-        store.store().put(&newest, PutPayload::from(bytes.slice(..bytes.len() - 3))).await.unwrap();
+        store
+            .store()
+            .put(&newest, PutPayload::from(bytes.slice(..bytes.len() - 3)))
+            .await
+            .unwrap();
 
         let restored = store.restore_latest(0, 1).await.unwrap().unwrap();
         assert_eq!(restored.header.id, id(1, 10));
@@ -288,8 +365,14 @@ mod tests {
     #[tokio::test]
     async fn snapshots_are_never_overwritten() {
         let store = store();
-        store.write_checkpoint(&header(0, id(1, 10)), b"first").await.unwrap();
-        store.write_checkpoint(&header(0, id(1, 10)), b"second").await.unwrap();
+        store
+            .write_checkpoint(&header(0, id(1, 10)), b"first")
+            .await
+            .unwrap();
+        store
+            .write_checkpoint(&header(0, id(1, 10)), b"second")
+            .await
+            .unwrap();
         let restored = store.restore_latest(0, 1).await.unwrap().unwrap();
         assert_eq!(restored.state, b"first");
     }
@@ -297,9 +380,15 @@ mod tests {
     #[tokio::test]
     async fn a_stale_epoch_never_wins_over_a_newer_epoch() {
         let store = store();
-        store.write_checkpoint(&header(0, id(2, 100)), b"new owner").await.unwrap();
+        store
+            .write_checkpoint(&header(0, id(2, 100)), b"new owner")
+            .await
+            .unwrap();
         // A worker of epoch 1 that has not noticed it lost the partition keeps checkpointing.
-        store.write_checkpoint(&header(0, id(1, 5000)), b"stale owner").await.unwrap();
+        store
+            .write_checkpoint(&header(0, id(1, 5000)), b"stale owner")
+            .await
+            .unwrap();
         let restored = store.restore_latest(0, 2).await.unwrap().unwrap();
         assert_eq!(restored.state, b"new owner");
     }
@@ -308,7 +397,10 @@ mod tests {
     async fn pruning_deletes_old_checkpoints_only() {
         let store = store();
         for offset in 1..=5 {
-            store.write_checkpoint(&header(3, id(1, offset)), b"s").await.unwrap();
+            store
+                .write_checkpoint(&header(3, id(1, offset)), b"s")
+                .await
+                .unwrap();
         }
         assert_eq!(store.prune(3, 2).await.unwrap(), 3);
         let mut left = store.list(3).await.unwrap();

@@ -43,7 +43,7 @@ const TICK: Duration = Duration::from_millis(100);
 pub enum EngineError {
     /// A Kafka client could not be created.
     #[error(transparent)]
-    Kafka(#[from] KafkaSetupError),
+    Kafka(#[from] Box<KafkaSetupError>),
     /// Restoring a partition failed (storage unreachable, savepoint part missing).
     #[error("failed to restore partition {partition}: {source}")]
     Restore {
@@ -66,7 +66,7 @@ pub enum EngineError {
         /// Partition.
         partition: i32,
         /// librdkafka error.
-        source: rdkafka::error::KafkaError,
+        source: Box<rdkafka::error::KafkaError>,
     },
     /// The engine thread panicked (a bug).
     #[error("the processing thread panicked")]
@@ -138,8 +138,12 @@ struct PartitionRun {
 pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
     let partitions = ctx.plan.partitions_of(&ctx.pod);
     let source = &ctx.plan.spec.source.kafka;
-    let consumer =
-        kafka::source_consumer(&source.bootstrap_servers, &ctx.plan.group_id(), &ctx.kafka_props)?;
+    let consumer = kafka::source_consumer(
+        &source.bootstrap_servers,
+        &ctx.plan.group_id(),
+        &ctx.kafka_props,
+    )
+    .map_err(Box::new)?;
     let consumer = Arc::new(consumer);
 
     let mut runs = BTreeMap::new();
@@ -166,12 +170,22 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
 
     let mut tpl = TopicPartitionList::new();
     for run in runs.values() {
-        tpl.add_partition_offset(&source.topic, run.partition, Offset::Offset(run.next_offset))
-            .map_err(|source| EngineError::Position { partition: run.partition, source })?;
+        tpl.add_partition_offset(
+            &source.topic,
+            run.partition,
+            Offset::Offset(run.next_offset),
+        )
+        .map_err(|source| EngineError::Position {
+            partition: run.partition,
+            source: source.into(),
+        })?;
     }
     consumer
         .assign(&tpl)
-        .map_err(|source| EngineError::Position { partition: -1, source })?;
+        .map_err(|source| EngineError::Position {
+            partition: -1,
+            source: source.into(),
+        })?;
 
     let sink_bootstrap = ctx
         .plan
@@ -183,7 +197,7 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
         .unwrap_or_else(|| source.bootstrap_servers.clone());
     let needs_producer = ctx.plan.spec.sink.kafka.is_some() || ctx.plan.spec.dead_letter.is_some();
     let producer = if needs_producer {
-        Some(kafka::sink_producer(&sink_bootstrap, &ctx.kafka_props)?)
+        Some(kafka::sink_producer(&sink_bootstrap, &ctx.kafka_props).map_err(Box::new)?)
     } else {
         None
     };
@@ -229,11 +243,19 @@ async fn restore_partition(
     let restore_err = |source| EngineError::Restore { partition, source };
     let (restored, source_desc) = match ctx.plan.restore_source(partition) {
         RestoreSource::Latest => (
-            ctx.store.restore_latest(partition, ctx.plan.epoch).await.map_err(restore_err)?,
+            ctx.store
+                .restore_latest(partition, ctx.plan.epoch)
+                .await
+                .map_err(restore_err)?,
             "latest checkpoint".to_owned(),
         ),
         RestoreSource::Savepoint(name) => (
-            Some(ctx.store.read_savepoint_part(name, partition).await.map_err(restore_err)?),
+            Some(
+                ctx.store
+                    .read_savepoint_part(name, partition)
+                    .await
+                    .map_err(restore_err)?,
+            ),
             format!("savepoint {name}"),
         ),
     };
@@ -241,7 +263,12 @@ async fn restore_partition(
         Some(r) => {
             let state = serde_json::from_slice(&r.state)
                 .map_err(|source| EngineError::IncompatibleState { partition, source })?;
-            PartitionRestored { partition, from: Some(r.header.id), source: source_desc }.emit();
+            PartitionRestored {
+                partition,
+                from: Some(r.header.id),
+                source: source_desc,
+            }
+            .emit();
             // Completed only if it is this epoch's own checkpoint (savepoint parts are not).
             let completed = (matches!(ctx.plan.restore_source(partition), RestoreSource::Latest)
                 && r.header.id.epoch == ctx.plan.epoch)
@@ -253,7 +280,10 @@ async fn restore_partition(
             PartitionRestored {
                 partition,
                 from: None,
-                source: format!("{:?} offset {offset}", ctx.plan.spec.source.kafka.start_from),
+                source: format!(
+                    "{:?} offset {offset}",
+                    ctx.plan.spec.source.kafka.start_from
+                ),
             }
             .emit();
             (ctx.pipeline.new_state(), offset, None)
@@ -263,9 +293,16 @@ async fn restore_partition(
         partition,
         state,
         next_offset,
-        requested: SnapshotId { epoch: ctx.plan.epoch, next_offset },
+        requested: SnapshotId {
+            epoch: ctx.plan.epoch,
+            next_offset,
+        },
         completed,
-        counts: RecordsProcessed { partition, next_offset, ..RecordsProcessed::default() },
+        counts: RecordsProcessed {
+            partition,
+            next_offset,
+            ..RecordsProcessed::default()
+        },
     })
 }
 
@@ -287,7 +324,10 @@ async fn start_offset(
     })
     .await
     .map_err(|_| EngineError::Panicked)?
-    .map_err(|source| EngineError::Position { partition, source })?;
+    .map_err(|source| EngineError::Position {
+        partition,
+        source: source.into(),
+    })?;
     Ok(if earliest { low } else { high })
 }
 
@@ -295,11 +335,22 @@ fn request_snapshot(
     upload_tx: &async_mpsc::UnboundedSender<UploadRequest>,
     run: &PartitionRun,
 ) -> Result<(), EngineError> {
-    let state = serde_json::to_vec(&run.state)
-        .map_err(|source| EngineError::IncompatibleState { partition: run.partition, source })?;
-    let header = SnapshotHeader { partition: run.partition, id: run.requested, created_ms: now_ms() };
+    let state =
+        serde_json::to_vec(&run.state).map_err(|source| EngineError::IncompatibleState {
+            partition: run.partition,
+            source,
+        })?;
+    let header = SnapshotHeader {
+        partition: run.partition,
+        id: run.requested,
+        created_ms: now_ms(),
+    };
     // The uploader only stops when the engine does; a closed channel means shutdown.
-    let _ = upload_tx.send(UploadRequest { header, state, requested_at: Instant::now() });
+    let _ = upload_tx.send(UploadRequest {
+        header,
+        state,
+        requested_at: Instant::now(),
+    });
     Ok(())
 }
 
@@ -386,20 +437,31 @@ impl ProcessLoop {
         EngineExit::Rewind(error)
     }
 
-    fn process<M: Message>(&mut self, record: &InputRecord<'_>, message: &M, outputs: &mut Vec<OutputRecord>) {
+    fn process<M: Message>(
+        &mut self,
+        record: &InputRecord<'_>,
+        message: &M,
+        outputs: &mut Vec<OutputRecord>,
+    ) {
         let Some(run) = self.runs.get_mut(&record.partition) else {
             return; // Not ours (cannot happen with explicit assignment).
         };
         let mut stats = RecordStats::default();
         outputs.clear();
-        let result = self.pipeline.process(&mut run.state, record, outputs, &mut stats);
+        let result = self
+            .pipeline
+            .process(&mut run.state, record, outputs, &mut stats);
         run.next_offset = record.offset + 1;
         run.counts.records_in += 1;
         run.counts.next_offset = run.next_offset;
         run.counts.window_results += stats.window_results;
         run.counts.late_dropped += stats.late_dropped;
         run.counts.records_out += outputs.len() as u64;
-        let origin = Origin { topic: message.topic(), partition: record.partition, offset: record.offset };
+        let origin = Origin {
+            topic: message.topic(),
+            partition: record.partition,
+            offset: record.offset,
+        };
         for output in outputs.drain(..) {
             self.emit(record.partition, output);
         }
@@ -407,7 +469,12 @@ impl ProcessLoop {
             self.dead_letter(&origin, record.key, record.payload, &error);
         }
         for failed in stats.failed_results {
-            self.dead_letter(&origin, failed.key.as_deref(), &failed.payload, &failed.error);
+            self.dead_letter(
+                &origin,
+                failed.key.as_deref(),
+                &failed.payload,
+                &failed.error,
+            );
         }
     }
 
@@ -433,10 +500,21 @@ impl ProcessLoop {
 
     /// Sends a failed record (or window result) to the dead-letter topic, unchanged, with
     /// headers naming the error and where the input came from.
-    fn dead_letter(&self, origin: &Origin<'_>, key: Option<&[u8]>, payload: &[u8], error: &RecordError) {
+    fn dead_letter(
+        &self,
+        origin: &Origin<'_>,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        error: &RecordError,
+    ) {
         let kind = error.kind.as_str();
         let message_text = error.to_string();
-        let topic = self.plan.spec.dead_letter.as_ref().map(|d| d.topic.as_str());
+        let topic = self
+            .plan
+            .spec
+            .dead_letter
+            .as_ref()
+            .map(|d| d.topic.as_str());
         RecordDeadLettered {
             partition: origin.partition,
             offset: origin.offset,
@@ -445,19 +523,42 @@ impl ProcessLoop {
             to_topic: topic.is_some(),
         }
         .emit();
-        let (Some(topic), Some(producer)) = (topic, &self.producer) else { return };
+        let (Some(topic), Some(producer)) = (topic, &self.producer) else {
+            return;
+        };
         let partition = origin.partition.to_string();
         let offset = origin.offset.to_string();
         let job = format!("{}/{}", self.plan.job.namespace, self.plan.job.name);
         let step = error.step.clone().unwrap_or_default();
         let headers = OwnedHeaders::new()
-            .insert(Header { key: "streamjob.error", value: Some(message_text.as_str()) })
-            .insert(Header { key: "streamjob.error.kind", value: Some(kind) })
-            .insert(Header { key: "streamjob.error.step", value: Some(step.as_str()) })
-            .insert(Header { key: "streamjob.source.topic", value: Some(origin.topic) })
-            .insert(Header { key: "streamjob.source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "streamjob.source.offset", value: Some(offset.as_str()) })
-            .insert(Header { key: "streamjob.job", value: Some(job.as_str()) });
+            .insert(Header {
+                key: "streamjob.error",
+                value: Some(message_text.as_str()),
+            })
+            .insert(Header {
+                key: "streamjob.error.kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "streamjob.error.step",
+                value: Some(step.as_str()),
+            })
+            .insert(Header {
+                key: "streamjob.source.topic",
+                value: Some(origin.topic),
+            })
+            .insert(Header {
+                key: "streamjob.source.partition",
+                value: Some(partition.as_str()),
+            })
+            .insert(Header {
+                key: "streamjob.source.offset",
+                value: Some(offset.as_str()),
+            })
+            .insert(Header {
+                key: "streamjob.job",
+                value: Some(job.as_str()),
+            });
         let mut out = BaseRecord::to(topic).payload(payload).headers(headers);
         if let Some(key) = key {
             out = out.key(key);
@@ -469,23 +570,39 @@ impl ProcessLoop {
         let now = now_ms();
         let partitions: Vec<i32> = self.runs.keys().copied().collect();
         for partition in partitions {
-            let Some(run) = self.runs.get_mut(&partition) else { continue };
+            let Some(run) = self.runs.get_mut(&partition) else {
+                continue;
+            };
             let mut stats = RecordStats::default();
             outputs.clear();
-            self.pipeline.on_processing_time(&mut run.state, now, outputs, &mut stats);
+            self.pipeline
+                .on_processing_time(&mut run.state, now, outputs, &mut stats);
             run.counts.window_results += stats.window_results;
             run.counts.records_out += outputs.len() as u64;
             let counts = std::mem::replace(
                 &mut run.counts,
-                RecordsProcessed { partition, next_offset: run.next_offset, ..RecordsProcessed::default() },
+                RecordsProcessed {
+                    partition,
+                    next_offset: run.next_offset,
+                    ..RecordsProcessed::default()
+                },
             );
             counts.emit();
             for output in outputs.drain(..) {
                 self.emit(partition, output);
             }
-            let origin = Origin { topic: &self.plan.spec.source.kafka.topic, partition, offset: -1 };
+            let origin = Origin {
+                topic: &self.plan.spec.source.kafka.topic,
+                partition,
+                offset: -1,
+            };
             for failed in stats.failed_results {
-                self.dead_letter(&origin, failed.key.as_deref(), &failed.payload, &failed.error);
+                self.dead_letter(
+                    &origin,
+                    failed.key.as_deref(),
+                    &failed.payload,
+                    &failed.error,
+                );
             }
         }
     }
@@ -497,7 +614,9 @@ impl ProcessLoop {
     }
 
     fn complete(&mut self, done: UploadDone) {
-        let Some(run) = self.runs.get_mut(&done.partition) else { return };
+        let Some(run) = self.runs.get_mut(&done.partition) else {
+            return;
+        };
         if run.completed.is_some_and(|c| c >= done.id) {
             return;
         }
@@ -505,7 +624,10 @@ impl ProcessLoop {
         // Best effort, for lag tools only: the checkpoint is the truth.
         let mut tpl = TopicPartitionList::new();
         let topic = &self.plan.spec.source.kafka.topic;
-        if tpl.add_partition_offset(topic, done.partition, Offset::Offset(done.id.next_offset)).is_ok() {
+        if tpl
+            .add_partition_offset(topic, done.partition, Offset::Offset(done.id.next_offset))
+            .is_ok()
+        {
             if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
                 tracing::debug!(%error, partition = done.partition, "offset commit failed");
             }
@@ -525,7 +647,10 @@ impl ProcessLoop {
         }
         let epoch = self.plan.epoch;
         for run in self.runs.values_mut() {
-            let id = SnapshotId { epoch, next_offset: run.next_offset };
+            let id = SnapshotId {
+                epoch,
+                next_offset: run.next_offset,
+            };
             if id == run.requested {
                 continue; // Nothing moved; the previous snapshot still describes the state.
             }
@@ -545,7 +670,11 @@ impl ProcessLoop {
         }
         // Partitions whose newest requested snapshot is not yet durable.
         loop {
-            let pending = self.runs.values().filter(|r| r.completed != Some(r.requested)).count();
+            let pending = self
+                .runs
+                .values()
+                .filter(|r| r.completed != Some(r.requested))
+                .count();
             if pending == 0 {
                 break;
             }
@@ -555,13 +684,17 @@ impl ProcessLoop {
                     pending,
                     "final checkpoint incomplete at the deadline; a restart replays from the previous checkpoint (nothing is lost)"
                 );
-                return EngineExit::Stopped { final_checkpoint_complete: false };
+                return EngineExit::Stopped {
+                    final_checkpoint_complete: false,
+                };
             }
             match self.done_rx.recv_timeout(left.min(TICK)) {
                 Ok(done) => self.complete(done),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return EngineExit::Stopped { final_checkpoint_complete: false };
+                    return EngineExit::Stopped {
+                        final_checkpoint_complete: false,
+                    };
                 }
             }
         }
@@ -580,7 +713,9 @@ impl ProcessLoop {
             }
         }
         tracing::info!("final checkpoint complete");
-        EngineExit::Stopped { final_checkpoint_complete: true }
+        EngineExit::Stopped {
+            final_checkpoint_complete: true,
+        }
     }
 }
 
@@ -589,14 +724,19 @@ fn send(producer: &SinkProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
     loop {
         match producer.send(record) {
             Ok(()) => return,
-            Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                back,
+            )) => {
                 record = back;
                 std::thread::sleep(Duration::from_millis(1));
             }
             Err((error, _)) => {
                 // Counted as a delivery failure by the caller's next check via the context.
                 tracing::error!(%error, "cannot enqueue output record");
-                producer.context().record_enqueue_failure(&error.to_string());
+                producer
+                    .context()
+                    .record_enqueue_failure(&error.to_string());
                 return;
             }
         }

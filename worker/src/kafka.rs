@@ -38,7 +38,7 @@ pub enum KafkaSetupError {
         /// Which client.
         what: &'static str,
         /// librdkafka error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// Topic metadata could not be fetched.
     #[error("failed to read metadata of topic {topic} from {bootstrap}: {source}")]
@@ -48,7 +48,7 @@ pub enum KafkaSetupError {
         /// Brokers.
         bootstrap: String,
         /// librdkafka error.
-        source: KafkaError,
+        source: Box<KafkaError>,
     },
     /// The topic does not exist.
     #[error("topic {0} does not exist")]
@@ -58,7 +58,10 @@ pub enum KafkaSetupError {
 /// Extra librdkafka properties from a directory with one file per property (a mounted
 /// Secret): the file name is the property, its content the value.
 pub fn load_properties(dir: &Path) -> Result<BTreeMap<String, String>, KafkaSetupError> {
-    let err = |source| KafkaSetupError::Properties { path: dir.display().to_string(), source };
+    let err = |source| KafkaSetupError::Properties {
+        path: dir.display().to_string(),
+        source,
+    };
     let mut props = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(err)? {
         let entry = entry.map_err(err)?;
@@ -120,7 +123,10 @@ pub fn source_consumer(
         .set("statistics.interval.ms", "5000")
         .set("fetch.wait.max.ms", "100")
         .create_with_context(SourceContext)
-        .map_err(|source| KafkaSetupError::Create { what: "consumer", source })
+        .map_err(|source| KafkaSetupError::Create {
+            what: "consumer",
+            source: source.into(),
+        })
 }
 
 /// Producer context counting deliveries that failed for good.
@@ -146,7 +152,10 @@ impl SinkContext {
 
     /// The most recent delivery error.
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().map(|e| e.clone()).unwrap_or_default()
+        self.last_error
+            .lock()
+            .map(|e| e.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -178,7 +187,10 @@ pub fn sink_producer(
         .set("linger.ms", "5")
         .set("compression.type", "lz4")
         .create_with_context(SinkContext::default())
-        .map_err(|source| KafkaSetupError::Create { what: "producer", source })
+        .map_err(|source| KafkaSetupError::Create {
+            what: "producer",
+            source: source.into(),
+        })
 }
 
 /// Number of partitions of `topic`.
@@ -187,15 +199,19 @@ pub fn partition_count(
     topic: &str,
     props: &BTreeMap<String, String>,
 ) -> Result<i32, KafkaSetupError> {
-    let consumer: BaseConsumer = client_config(bootstrap, props)
-        .create()
-        .map_err(|source| KafkaSetupError::Create { what: "metadata client", source })?;
+    let consumer: BaseConsumer =
+        client_config(bootstrap, props)
+            .create()
+            .map_err(|source| KafkaSetupError::Create {
+                what: "metadata client",
+                source: source.into(),
+            })?;
     let metadata = consumer
         .fetch_metadata(Some(topic), Duration::from_secs(10))
         .map_err(|source| KafkaSetupError::Metadata {
             topic: topic.to_owned(),
             bootstrap: bootstrap.to_owned(),
-            source,
+            source: source.into(),
         })?;
     let topic_meta = metadata
         .topics()

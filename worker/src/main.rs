@@ -4,7 +4,10 @@ use std::{
     io::IsTerminal,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -21,7 +24,11 @@ use streamjob_worker::{
 };
 
 #[derive(Parser)]
-#[command(name = "streamjob-worker", version, about = "Runs a StreamJob's Kafka partitions")]
+#[command(
+    name = "streamjob-worker",
+    version,
+    about = "Runs a StreamJob's Kafka partitions"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +72,9 @@ enum LogFormat {
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<kube::core::Duration>().map(Into::into).map_err(|e| e.to_string())
+    text.parse::<kube::core::Duration>()
+        .map(Into::into)
+        .map_err(|e| e.to_string())
 }
 
 fn init_logging(format: LogFormat) {
@@ -106,7 +115,10 @@ async fn main() -> anyhow::Result<()> {
     let store = CheckpointStore::new(storage, paths);
 
     let readiness = Arc::new(Readiness::default());
-    let http = tokio::spawn(streamjob_worker::http::serve(args.metrics_addr, readiness.clone()));
+    let http = tokio::spawn(streamjob_worker::http::serve(
+        args.metrics_addr,
+        readiness.clone(),
+    ));
     let stop = Arc::new(AtomicBool::new(false));
     tokio::spawn(stop_on_signal(stop.clone()));
 
@@ -122,7 +134,9 @@ async fn main() -> anyhow::Result<()> {
             shutdown_deadline: args.shutdown_deadline,
         };
         match engine::run(ctx).await {
-            Ok(EngineExit::Stopped { final_checkpoint_complete }) => {
+            Ok(EngineExit::Stopped {
+                final_checkpoint_complete,
+            }) => {
                 tracing::info!(final_checkpoint_complete, "worker stopped");
                 break;
             }
@@ -147,7 +161,10 @@ async fn main() -> anyhow::Result<()> {
 
 async fn stop_on_signal(stop: Arc<AtomicBool>) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers");
         return;
     };

@@ -25,7 +25,9 @@ pub struct JobPaths {
 impl JobPaths {
     /// Paths of job `namespace/name` under the storage URL's `prefix`.
     pub fn new(prefix: &Path, namespace: &str, name: &str) -> Self {
-        Self { root: prefix.clone().join(namespace).join(name) }
+        Self {
+            root: prefix.clone().join(namespace).join(name),
+        }
     }
 
     /// The job's root (everything the job stores lives below it).
@@ -35,7 +37,10 @@ impl JobPaths {
 
     /// Directory of one partition's checkpoints.
     pub fn checkpoint_dir(&self, partition: i32) -> Path {
-        self.root.clone().join("checkpoints").join(format!("p-{partition:05}"))
+        self.root
+            .clone()
+            .join("checkpoints")
+            .join(format!("p-{partition:05}"))
     }
 
     /// The checkpoint object for `id` of `partition`.
@@ -49,7 +54,10 @@ impl JobPaths {
         let name = path.filename()?;
         let rest = name.strip_prefix("e-")?.strip_suffix(".snap")?;
         let (epoch, offset) = rest.split_once("-o-")?;
-        Some(SnapshotId { epoch: epoch.parse().ok()?, next_offset: offset.parse().ok()? })
+        Some(SnapshotId {
+            epoch: epoch.parse().ok()?,
+            next_offset: offset.parse().ok()?,
+        })
     }
 
     /// Directory of one savepoint.
@@ -59,7 +67,8 @@ impl JobPaths {
 
     /// One partition's part of a savepoint.
     pub fn savepoint_part(&self, savepoint: &str, partition: i32) -> Path {
-        self.savepoint_dir(savepoint).join(format!("p-{partition:05}.snap"))
+        self.savepoint_dir(savepoint)
+            .join(format!("p-{partition:05}.snap"))
     }
 
     /// The manifest that makes a savepoint exist.
@@ -79,17 +88,32 @@ mod tests {
     #[test]
     fn checkpoint_names_round_trip_and_sort_by_epoch_then_offset() {
         let ids = [
-            SnapshotId { epoch: 2, next_offset: 5 },
-            SnapshotId { epoch: 1, next_offset: 999_999 },
-            SnapshotId { epoch: 2, next_offset: 40 },
-            SnapshotId { epoch: 10, next_offset: 0 },
+            SnapshotId {
+                epoch: 2,
+                next_offset: 5,
+            },
+            SnapshotId {
+                epoch: 1,
+                next_offset: 999_999,
+            },
+            SnapshotId {
+                epoch: 2,
+                next_offset: 40,
+            },
+            SnapshotId {
+                epoch: 10,
+                next_offset: 0,
+            },
         ];
         let mut names: Vec<_> = ids.iter().map(|id| paths().checkpoint(3, *id)).collect();
         for (name, id) in names.iter().zip(ids) {
             assert_eq!(JobPaths::parse_checkpoint(name), Some(id));
         }
         names.sort_by(|a, b| a.as_ref().cmp(b.as_ref()));
-        let sorted: Vec<_> = names.iter().filter_map(JobPaths::parse_checkpoint).collect();
+        let sorted: Vec<_> = names
+            .iter()
+            .filter_map(JobPaths::parse_checkpoint)
+            .collect();
         let mut expected = ids.to_vec();
         expected.sort();
         assert_eq!(sorted, expected);
@@ -99,17 +123,34 @@ mod tests {
     fn layout_is_stable() {
         let p = paths();
         assert_eq!(
-            p.checkpoint(3, SnapshotId { epoch: 7, next_offset: 12345 }).as_ref(),
+            p.checkpoint(
+                3,
+                SnapshotId {
+                    epoch: 7,
+                    next_offset: 12345
+                }
+            )
+            .as_ref(),
             "state/team-a/clicks/checkpoints/p-00003/e-0000000007-o-00000000000000012345.snap"
         );
-        assert_eq!(p.savepoint_part("sp-1", 12).as_ref(), "state/team-a/clicks/savepoints/sp-1/p-00012.snap");
-        assert_eq!(p.savepoint_manifest("sp-1").as_ref(), "state/team-a/clicks/savepoints/sp-1/manifest.json");
+        assert_eq!(
+            p.savepoint_part("sp-1", 12).as_ref(),
+            "state/team-a/clicks/savepoints/sp-1/p-00012.snap"
+        );
+        assert_eq!(
+            p.savepoint_manifest("sp-1").as_ref(),
+            "state/team-a/clicks/savepoints/sp-1/manifest.json"
+        );
     }
 
     #[test]
     fn foreign_objects_are_not_checkpoints() {
         for name in ["x.snap", "e-1-o-x.snap", "e-1-o-2.tmp", "manifest.json"] {
-            assert_eq!(JobPaths::parse_checkpoint(&Path::from(name)), None, "{name}");
+            assert_eq!(
+                JobPaths::parse_checkpoint(&Path::from(name)),
+                None,
+                "{name}"
+            );
         }
     }
 }

@@ -107,7 +107,11 @@ impl Plan {
     /// Plans every partition of `job`'s topic on the standalone pod, epoch 1.
     pub fn standalone(job: StreamJob, partitions: i32) -> Result<Self, PlanError> {
         let name = job.metadata.name.clone().ok_or(PlanError::Unnamed)?;
-        let namespace = job.metadata.namespace.clone().unwrap_or_else(|| "default".to_owned());
+        let namespace = job
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned());
         Ok(Self {
             job: JobRef { namespace, name },
             epoch: 1,
@@ -172,8 +176,10 @@ pub fn load_job(path: &Path) -> Result<StreamJob, PlanError> {
 }
 
 fn read(path: &Path) -> Result<String, PlanError> {
-    std::fs::read_to_string(path)
-        .map_err(|source| PlanError::Read { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| PlanError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +206,10 @@ restore:
         assert_eq!(plan.epoch, 4);
         assert_eq!(plan.partitions_of("clicks-a"), vec![0, 2]);
         assert_eq!(plan.partitions_of("nobody"), Vec::<i32>::new());
-        assert_eq!(plan.restore_source(1), &RestoreSource::Savepoint("sp-7".into()));
+        assert_eq!(
+            plan.restore_source(1),
+            &RestoreSource::Savepoint("sp-7".into())
+        );
         assert_eq!(plan.restore_source(0), &RestoreSource::Latest);
         assert_eq!(plan.group_id(), "streamjob.team-a.clicks");
         assert_eq!(plan.spec.parallelism, 1, "spec defaults apply");
@@ -212,16 +221,29 @@ restore:
         let mut plan: Plan = serde_yaml::from_str(PLAN).unwrap();
         plan.assignment.insert("clicks-c".into(), vec![3]);
         let err = plan.validate().unwrap_err();
-        assert!(err.to_string().contains("partition 3 is assigned to both"), "{err}");
+        assert!(
+            err.to_string().contains("partition 3 is assigned to both"),
+            "{err}"
+        );
     }
 
     #[test]
     fn standalone_plans_own_every_partition() {
-        let job = StreamJob::new("j", serde_yaml::from_str(
-            "source: {kafka: {bootstrapServers: b, topic: t}}\nsink: {log: {}}",
-        ).unwrap());
+        let job = StreamJob::new(
+            "j",
+            serde_yaml::from_str(
+                "source: {kafka: {bootstrapServers: b, topic: t}}\nsink: {log: {}}",
+            )
+            .unwrap(),
+        );
         let plan = Plan::standalone(job, 4).unwrap();
         assert_eq!(plan.partitions_of(STANDALONE_POD), vec![0, 1, 2, 3]);
-        assert_eq!(plan.job, JobRef { namespace: "default".into(), name: "j".into() });
+        assert_eq!(
+            plan.job,
+            JobRef {
+                namespace: "default".into(),
+                name: "j".into()
+            }
+        );
     }
 }

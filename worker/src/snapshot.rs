@@ -78,8 +78,8 @@ pub enum SnapshotError {
 
 /// Compresses `state` and frames it with `header`.
 pub fn encode(header: &SnapshotHeader, state: &[u8]) -> Result<Vec<u8>, SnapshotError> {
-    let body =
-        zstd::bulk::compress(state, ZSTD_LEVEL).map_err(|e| SnapshotError::Decompress(e.to_string()))?;
+    let body = zstd::bulk::compress(state, ZSTD_LEVEL)
+        .map_err(|e| SnapshotError::Decompress(e.to_string()))?;
     let body_len = u32::try_from(body.len()).map_err(|_| SnapshotError::TooLarge(body.len()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&MAGIC);
@@ -111,7 +111,10 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), SnapshotError> 
     }
     let expected = u32::from_le_bytes(array(&head[36..40])) as usize;
     if body.len() != expected {
-        return Err(SnapshotError::LengthMismatch { expected, actual: body.len() });
+        return Err(SnapshotError::LengthMismatch {
+            expected,
+            actual: body.len(),
+        });
     }
     let crc = u32::from_le_bytes(array(&head[40..44]));
     if crc != checksum(&head[..40], body) {
@@ -125,7 +128,8 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), SnapshotError> 
         },
         created_ms: i64::from_le_bytes(array(&head[28..36])),
     };
-    let state = zstd::stream::decode_all(body).map_err(|e| SnapshotError::Decompress(e.to_string()))?;
+    let state =
+        zstd::stream::decode_all(body).map_err(|e| SnapshotError::Decompress(e.to_string()))?;
     Ok((header, state))
 }
 
@@ -137,7 +141,9 @@ fn checksum(head: &[u8], body: &[u8]) -> u32 {
 }
 
 fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
-    bytes.try_into().expect("callers slice exactly N bytes out of the fixed-size header")
+    bytes
+        .try_into()
+        .expect("callers slice exactly N bytes out of the fixed-size header")
 }
 
 #[cfg(test)]
@@ -145,7 +151,14 @@ mod tests {
     use super::*;
 
     fn header() -> SnapshotHeader {
-        SnapshotHeader { partition: 7, id: SnapshotId { epoch: 3, next_offset: 1_234_567 }, created_ms: 1_700_000_000_000 }
+        SnapshotHeader {
+            partition: 7,
+            id: SnapshotId {
+                epoch: 3,
+                next_offset: 1_234_567,
+            },
+            created_ms: 1_700_000_000_000,
+        }
     }
 
     #[test]
@@ -162,7 +175,10 @@ mod tests {
     fn every_truncation_is_detected() {
         let bytes = encode(&header(), b"some state worth keeping").unwrap();
         for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len]).is_err(), "truncation to {len} bytes went unnoticed");
+            assert!(
+                decode(&bytes[..len]).is_err(),
+                "truncation to {len} bytes went unnoticed"
+            );
         }
     }
 
@@ -173,7 +189,10 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = bytes.clone();
                 damaged[i] ^= 1 << bit;
-                assert!(decode(&damaged).is_err(), "flip of bit {bit} in byte {i} went unnoticed");
+                assert!(
+                    decode(&damaged).is_err(),
+                    "flip of bit {bit} in byte {i} went unnoticed"
+                );
             }
         }
     }
@@ -187,8 +206,14 @@ mod tests {
 
     #[test]
     fn ids_order_by_epoch_before_offset() {
-        let older_epoch_far_offset = SnapshotId { epoch: 1, next_offset: i64::MAX };
-        let newer_epoch_early_offset = SnapshotId { epoch: 2, next_offset: 0 };
+        let older_epoch_far_offset = SnapshotId {
+            epoch: 1,
+            next_offset: i64::MAX,
+        };
+        let newer_epoch_early_offset = SnapshotId {
+            epoch: 2,
+            next_offset: 0,
+        };
         assert!(newer_epoch_early_offset > older_epoch_far_offset);
     }
 }

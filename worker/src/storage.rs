@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use object_store::{
-    ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder, gcp::GoogleCloudStorageBuilder,
-    local::LocalFileSystem, path::Path,
+    ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
+    gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path,
 };
 use thiserror::Error;
 use url::Url;
@@ -56,27 +56,49 @@ pub struct Storage {
 
 /// Opens the store for `url`.
 pub fn open(url: &str) -> Result<Storage, StorageError> {
-    let parsed = Url::parse(url)
-        .map_err(|source| StorageError::InvalidUrl { url: url.to_owned(), source })?;
-    let open_err = |source| StorageError::Open { url: url.to_owned(), source };
+    let parsed = Url::parse(url).map_err(|source| StorageError::InvalidUrl {
+        url: url.to_owned(),
+        source,
+    })?;
+    let open_err = |source| StorageError::Open {
+        url: url.to_owned(),
+        source,
+    };
     let bucket_prefix = || Path::from(parsed.path().trim_start_matches('/'));
     let (store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
         "s3" => (
-            Arc::new(AmazonS3Builder::from_env().with_url(url).build().map_err(open_err)?),
+            Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(open_err)?,
+            ),
             bucket_prefix(),
         ),
         "gs" => (
-            Arc::new(GoogleCloudStorageBuilder::from_env().with_url(url).build().map_err(open_err)?),
+            Arc::new(
+                GoogleCloudStorageBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(open_err)?,
+            ),
             bucket_prefix(),
         ),
         "az" => (
-            Arc::new(MicrosoftAzureBuilder::from_env().with_url(url).build().map_err(open_err)?),
+            Arc::new(
+                MicrosoftAzureBuilder::from_env()
+                    .with_url(url)
+                    .build()
+                    .map_err(open_err)?,
+            ),
             bucket_prefix(),
         ),
         "file" => {
             let dir = parsed.path();
-            std::fs::create_dir_all(dir)
-                .map_err(|source| StorageError::LocalDir { path: dir.to_owned(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| StorageError::LocalDir {
+                path: dir.to_owned(),
+                source,
+            })?;
             (
                 Arc::new(LocalFileSystem::new_with_prefix(dir).map_err(open_err)?),
                 Path::default(),

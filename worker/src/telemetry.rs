@@ -59,37 +59,84 @@ impl Metrics {
             checkpoint_offset: Family::default(),
             checkpoints: Counter::default(),
             checkpoint_failures: Counter::default(),
-            checkpoint_duration: Histogram::new(
-                [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-            ),
+            checkpoint_duration: Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
             checkpoint_size: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(256.0, 4.0, 12),
             ),
             snapshots_rejected: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("records_in", "Records read from the source", metrics.records_in.clone());
-        registry.register("records_out", "Records written to the sink", metrics.records_out.clone());
+        registry.register(
+            "records_in",
+            "Records read from the source",
+            metrics.records_in.clone(),
+        );
+        registry.register(
+            "records_out",
+            "Records written to the sink",
+            metrics.records_out.clone(),
+        );
         registry.register(
             "records_dead_lettered",
             "Records sent to the dead-letter topic (or skipped without one)",
             metrics.records_dead_lettered.clone(),
         );
-        registry.register("window_results", "Window results emitted", metrics.window_results.clone());
+        registry.register(
+            "window_results",
+            "Window results emitted",
+            metrics.window_results.clone(),
+        );
         registry.register(
             "late_records_dropped",
             "Records dropped because their window closed beyond the allowed lateness",
             metrics.late_records_dropped.clone(),
         );
-        registry.register("consumer_lag", "Records between the read position and the partition end", metrics.consumer_lag.clone());
-        registry.register("processed_offset", "Next source offset to process", metrics.processed_offset.clone());
-        registry.register("checkpoint_offset", "Source offset of the newest completed checkpoint", metrics.checkpoint_offset.clone());
-        registry.register("checkpoints", "Completed partition checkpoints", metrics.checkpoints.clone());
-        registry.register("checkpoint_failures", "Failed checkpoint write attempts", metrics.checkpoint_failures.clone());
-        registry.register("checkpoint_duration_seconds", "Time to write one partition checkpoint", metrics.checkpoint_duration.clone());
-        registry.register("checkpoint_size_bytes", "Size of one partition checkpoint", metrics.checkpoint_size.clone());
-        registry.register("snapshots_rejected", "Damaged snapshots skipped at restore", metrics.snapshots_rejected.clone());
-        Self { registry, ..metrics }
+        registry.register(
+            "consumer_lag",
+            "Records between the read position and the partition end",
+            metrics.consumer_lag.clone(),
+        );
+        registry.register(
+            "processed_offset",
+            "Next source offset to process",
+            metrics.processed_offset.clone(),
+        );
+        registry.register(
+            "checkpoint_offset",
+            "Source offset of the newest completed checkpoint",
+            metrics.checkpoint_offset.clone(),
+        );
+        registry.register(
+            "checkpoints",
+            "Completed partition checkpoints",
+            metrics.checkpoints.clone(),
+        );
+        registry.register(
+            "checkpoint_failures",
+            "Failed checkpoint write attempts",
+            metrics.checkpoint_failures.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Time to write one partition checkpoint",
+            metrics.checkpoint_duration.clone(),
+        );
+        registry.register(
+            "checkpoint_size_bytes",
+            "Size of one partition checkpoint",
+            metrics.checkpoint_size.clone(),
+        );
+        registry.register(
+            "snapshots_rejected",
+            "Damaged snapshots skipped at restore",
+            metrics.snapshots_rejected.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
     }
 
     /// The process-wide metrics.
@@ -108,7 +155,9 @@ impl Metrics {
 
     /// Sets a partition's consumer lag (from librdkafka statistics).
     pub fn set_consumer_lag(&self, partition: i32, lag: i64) {
-        self.consumer_lag.get_or_create(&PartitionLabels { partition }).set(lag);
+        self.consumer_lag
+            .get_or_create(&PartitionLabels { partition })
+            .set(lag);
     }
 }
 
@@ -138,14 +187,28 @@ pub struct RecordsProcessed {
 impl Event for RecordsProcessed {
     fn emit(self) {
         let m = Metrics::global();
-        let labels = PartitionLabels { partition: self.partition };
+        let labels = PartitionLabels {
+            partition: self.partition,
+        };
         m.records_in.get_or_create(&labels).inc_by(self.records_in);
-        m.records_out.get_or_create(&labels).inc_by(self.records_out);
-        m.window_results.get_or_create(&labels).inc_by(self.window_results);
-        m.late_records_dropped.get_or_create(&labels).inc_by(self.late_dropped);
-        m.processed_offset.get_or_create(&labels).set(self.next_offset);
+        m.records_out
+            .get_or_create(&labels)
+            .inc_by(self.records_out);
+        m.window_results
+            .get_or_create(&labels)
+            .inc_by(self.window_results);
+        m.late_records_dropped
+            .get_or_create(&labels)
+            .inc_by(self.late_dropped);
+        m.processed_offset
+            .get_or_create(&labels)
+            .set(self.next_offset);
         if self.late_dropped > 0 {
-            tracing::debug!(partition = self.partition, count = self.late_dropped, "late records dropped");
+            tracing::debug!(
+                partition = self.partition,
+                count = self.late_dropped,
+                "late records dropped"
+            );
         }
     }
 }
@@ -176,7 +239,10 @@ impl Event for RecordDeadLettered<'_> {
         );
         Metrics::global()
             .records_dead_lettered
-            .get_or_create(&DeadLetterLabels { partition: self.partition, kind: self.kind.to_owned() })
+            .get_or_create(&DeadLetterLabels {
+                partition: self.partition,
+                kind: self.kind.to_owned(),
+            })
             .inc();
     }
 }
@@ -207,7 +273,11 @@ impl Event for CheckpointCompleted {
         m.checkpoints.inc();
         m.checkpoint_duration.observe(self.duration.as_secs_f64());
         m.checkpoint_size.observe(self.bytes as f64);
-        m.checkpoint_offset.get_or_create(&PartitionLabels { partition: self.partition }).set(self.id.next_offset);
+        m.checkpoint_offset
+            .get_or_create(&PartitionLabels {
+                partition: self.partition,
+            })
+            .set(self.id.next_offset);
     }
 }
 
@@ -278,7 +348,9 @@ impl Event for PartitionRestored {
                 source = %self.source,
                 "partition restored"
             ),
-            None => tracing::info!(partition = self.partition, source = %self.source, "partition starts without state"),
+            None => {
+                tracing::info!(partition = self.partition, source = %self.source, "partition starts without state")
+            }
         }
     }
 }
@@ -289,13 +361,33 @@ mod tests {
 
     #[test]
     fn events_show_up_in_the_exposition() {
-        RecordsProcessed { partition: 9101, records_in: 5, records_out: 3, window_results: 1, late_dropped: 2, next_offset: 42 }.emit();
-        RecordDeadLettered { partition: 9101, offset: 7, kind: "invalid_json", error: "x", to_topic: true }.emit();
+        RecordsProcessed {
+            partition: 9101,
+            records_in: 5,
+            records_out: 3,
+            window_results: 1,
+            late_dropped: 2,
+            next_offset: 42,
+        }
+        .emit();
+        RecordDeadLettered {
+            partition: 9101,
+            offset: 7,
+            kind: "invalid_json",
+            error: "x",
+            to_topic: true,
+        }
+        .emit();
         let text = Metrics::global().encode();
-        assert!(text.contains(r#"streamjob_records_in_total{partition="9101"} 5"#), "{text}");
+        assert!(
+            text.contains(r#"streamjob_records_in_total{partition="9101"} 5"#),
+            "{text}"
+        );
         assert!(text.contains(r#"streamjob_records_out_total{partition="9101"} 3"#));
         assert!(text.contains(r#"streamjob_late_records_dropped_total{partition="9101"} 2"#));
         assert!(text.contains(r#"streamjob_processed_offset{partition="9101"} 42"#));
-        assert!(text.contains(r#"streamjob_records_dead_lettered_total{partition="9101",kind="invalid_json"} 1"#));
+        assert!(text.contains(
+            r#"streamjob_records_dead_lettered_total{partition="9101",kind="invalid_json"} 1"#
+        ));
     }
 }

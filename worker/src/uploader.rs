@@ -2,7 +2,11 @@
 //! while processing continues. A newer request for a partition supersedes an older one that is
 //! still retrying (the newer snapshot covers everything the older one did).
 
-use std::{collections::HashMap, sync::mpsc, time::{Duration, Instant}};
+use std::{
+    collections::HashMap,
+    sync::mpsc,
+    time::{Duration, Instant},
+};
 
 use tokio::{sync::mpsc as async_mpsc, task::JoinHandle};
 
@@ -56,23 +60,47 @@ pub async fn run(
     }
 }
 
-async fn upload(store: CheckpointStore, retained: usize, request: UploadRequest, done: mpsc::Sender<UploadDone>) {
+async fn upload(
+    store: CheckpointStore,
+    retained: usize,
+    request: UploadRequest,
+    done: mpsc::Sender<UploadDone>,
+) {
     let partition = request.header.partition;
     let mut attempt = 0;
     let bytes = loop {
         attempt += 1;
-        match store.write_checkpoint(&request.header, &request.state).await {
+        match store
+            .write_checkpoint(&request.header, &request.state)
+            .await
+        {
             Ok(bytes) => break bytes,
             Err(error) => {
                 let retry_in = retry_delay(attempt);
-                CheckpointFailed { partition, attempt, error: &error.to_string(), retry_in }.emit();
+                CheckpointFailed {
+                    partition,
+                    attempt,
+                    error: &error.to_string(),
+                    retry_in,
+                }
+                .emit();
                 tokio::time::sleep(retry_in).await;
             }
         }
     };
     let duration = request.requested_at.elapsed();
-    CheckpointCompleted { partition, id: request.header.id, bytes, duration }.emit();
-    let _ = done.send(UploadDone { partition, id: request.header.id, duration });
+    CheckpointCompleted {
+        partition,
+        id: request.header.id,
+        bytes,
+        duration,
+    }
+    .emit();
+    let _ = done.send(UploadDone {
+        partition,
+        id: request.header.id,
+        duration,
+    });
     if let Err(error) = store.prune(partition, retained).await {
         tracing::warn!(%error, partition, "pruning old checkpoints failed; retried after the next checkpoint");
     }

@@ -121,7 +121,10 @@ pub struct WindowStep {
     .message("aggregates other than count need 'of', the jq expression to aggregate"))]
 pub struct Aggregate {
     /// Field name of the aggregate in the result.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$")
+    )]
     pub name: String,
 
     /// Aggregate function.

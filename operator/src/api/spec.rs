@@ -9,6 +9,8 @@ use super::pipeline::PipelineStep;
 use super::status::StreamJobStatus;
 
 /// A stream-processing job over Apache Kafka: read a topic, run a pipeline, write results.
+// Each printer column repeats `type_`, which this lint mistakes for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "streamjob.dev",
@@ -46,7 +48,11 @@ use super::status::StreamJobStatus;
         json_path = ".status.lastCheckpoint.time",
         description = "Age of the newest complete checkpoint"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.state == 'suspended' || self.parallelism >= 1")
