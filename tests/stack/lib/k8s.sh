@@ -106,7 +106,7 @@ _k8s_build_kube() {
   ((missing)) || return 0
 
   local logf="$STACK_LOGS/k8s-build.log" src="$STREAMJOB_CACHE/k8s/src-v$K8S_VERSION"
-  log "building Kubernetes v$K8S_VERSION: ${K8S_BINARIES[*]} (cold: 30+ min on 2 cores; log: $logf)"
+  log "building Kubernetes v$K8S_VERSION: ${K8S_BINARIES[*]} (cold: about 10 min on 2 cores; log: $logf)"
   : >"$logf"
   mkdir -p "$src"
   local gomod
