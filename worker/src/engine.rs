@@ -252,7 +252,7 @@ async fn restore_partition(
         RestoreSource::Savepoint(name) => (
             Some(
                 ctx.store
-                    .read_savepoint_part(name, partition)
+                    .read_savepoint_part(&name, partition)
                     .await
                     .map_err(restore_err)?,
             ),

@@ -23,14 +23,21 @@ pub struct JobRef {
 }
 
 /// What one partition restores from when its owner starts it.
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum RestoreSource {
     /// The partition's newest valid checkpoint (the default).
     #[default]
     Latest,
     /// The partition's part of the named savepoint.
     Savepoint(String),
+}
+
+/// A plan's restore instruction for one partition: `{savepoint: ID}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionRestore {
+    /// Savepoint whose part of the partition to restore.
+    pub savepoint: String,
 }
 
 /// Everything a worker needs to run its share of a job.
@@ -47,7 +54,7 @@ pub struct Plan {
     pub assignment: BTreeMap<String, Vec<i32>>,
     /// Partitions that restore from something other than their latest checkpoint.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub restore: BTreeMap<i32, RestoreSource>,
+    pub restore: BTreeMap<i32, PartitionRestore>,
 }
 
 /// A plan that cannot be used.
@@ -130,9 +137,11 @@ impl Plan {
     }
 
     /// What `partition` restores from.
-    pub fn restore_source(&self, partition: i32) -> &RestoreSource {
-        static LATEST: RestoreSource = RestoreSource::Latest;
-        self.restore.get(&partition).unwrap_or(&LATEST)
+    pub fn restore_source(&self, partition: i32) -> RestoreSource {
+        match self.restore.get(&partition) {
+            Some(restore) => RestoreSource::Savepoint(restore.savepoint.clone()),
+            None => RestoreSource::Latest,
+        }
     }
 
     /// Consumer group id for offset commits: the spec's, else `streamjob.<ns>.<name>`.
@@ -208,9 +217,9 @@ restore:
         assert_eq!(plan.partitions_of("nobody"), Vec::<i32>::new());
         assert_eq!(
             plan.restore_source(1),
-            &RestoreSource::Savepoint("sp-7".into())
+            RestoreSource::Savepoint("sp-7".into())
         );
-        assert_eq!(plan.restore_source(0), &RestoreSource::Latest);
+        assert_eq!(plan.restore_source(0), RestoreSource::Latest);
         assert_eq!(plan.group_id(), "streamjob.team-a.clicks");
         assert_eq!(plan.spec.parallelism, 1, "spec defaults apply");
         assert_eq!(plan.spec.checkpoint.retained, 3);
