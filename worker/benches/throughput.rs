@@ -259,7 +259,10 @@ fn ready(port: u16) -> bool {
     let mut text = String::new();
     write!(stream, "GET /readyz HTTP/1.0\r\n\r\n").is_ok()
         && stream.read_to_string(&mut text).is_ok()
-        && text.lines().next().is_some_and(|status| status.contains(" 200 "))
+        && text
+            .lines()
+            .next()
+            .is_some_and(|status| status.contains(" 200 "))
 }
 
 fn processed(text: &str) -> i64 {
