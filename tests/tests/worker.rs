@@ -38,6 +38,34 @@ async fn checkpoints(job: &str, partition: i32) -> Vec<Path> {
     paths
 }
 
+/// Offsets committed by consumer group `group` on every partition of `topic`.
+fn committed_offsets(bootstrap: &str, group: &str, topic: &str) -> Vec<i64> {
+    use rdkafka::{
+        ClientConfig, TopicPartitionList,
+        consumer::{BaseConsumer, Consumer},
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..PARTITIONS)
+        .map(|p| {
+            committed
+                .find_partition(topic, p)
+                .and_then(|e| e.offset().to_raw())
+                .unwrap_or(-1)
+        })
+        .collect()
+}
+
 /// The per-partition counts of `events`, i.e. the offset after the last one.
 fn end_offsets(events: &[Event]) -> Vec<i64> {
     (0..PARTITIONS)
@@ -313,6 +341,13 @@ async fn sigterm_writes_a_final_checkpoint_and_a_restart_resumes_exactly_after_i
             "final checkpoint of partition {p} is at offset {end}: {newest}"
         );
     }
+    // Lag tools see the job: its consumer group committed the checkpointed offsets.
+    let group = format!("streamjob.tests.{}", scenario.name);
+    assert_eq!(
+        committed_offsets(&scenario.bootstrap, &group, &scenario.input),
+        ends,
+        "offsets committed to {group} after the final checkpoint"
+    );
 
     produce(&producer, &scenario.input, &second);
     let worker = Worker::start_job(&scenario.job_file, &scenario.log(1));

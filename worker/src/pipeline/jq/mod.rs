@@ -59,8 +59,10 @@ impl JqExpr {
     /// The first output, if any.
     pub(crate) fn first<'x>(&'x self, input: &Value<'x>) -> Result<Option<Value<'x>>, String> {
         if let Some(alternatives) = &self.fast {
-            if let Ok(first) = first_fast(alternatives, input) {
-                return Ok(first.map(Out::into_value));
+            match first_fast(alternatives, input) {
+                Ok(first) => return Ok(first.map(Out::into_value)),
+                Err(fast::Bail::TooLarge) => return Err(too_large()),
+                Err(_) => {}
             }
         }
         let mut first = None;
@@ -74,8 +76,10 @@ impl JqExpr {
     /// Whether the first output is truthy (`None`: no output).
     pub(crate) fn first_truthy<'x>(&'x self, input: &Value<'x>) -> Result<Option<bool>, String> {
         if let Some(alternatives) = &self.fast {
-            if let Ok(first) = first_fast(alternatives, input) {
-                return Ok(first.map(|out| out.into_ref_truthy()));
+            match first_fast(alternatives, input) {
+                Ok(first) => return Ok(first.map(|out| out.into_ref_truthy())),
+                Err(fast::Bail::TooLarge) => return Err(too_large()),
+                Err(_) => {}
             }
         }
         let mut first = None;
@@ -106,6 +110,7 @@ impl JqExpr {
                     // `select(...)` and `.` pass the input on: move it, do not copy it.
                     Ok(Some(Out::Ref(v))) if std::ptr::eq(v, &input) => Some(One::Input),
                     Ok(Some(out)) => Some(One::Value(out.into_value())),
+                    Err(fast::Bail::TooLarge) => return Err(eval_error(too_large())),
                     Err(_) => None,
                 };
                 match one {
@@ -114,8 +119,12 @@ impl JqExpr {
                     Some(One::Value(v)) => return sink(v),
                     None => {}
                 }
-            } else if let Ok(values) = all_fast(alternatives, &input) {
-                return values.into_iter().try_for_each(sink);
+            } else {
+                match all_fast(alternatives, &input) {
+                    Ok(values) => return values.into_iter().try_for_each(sink),
+                    Err(fast::Bail::TooLarge) => return Err(eval_error(too_large())),
+                    Err(_) => {}
+                }
             }
         }
         let mut sink_error = None;
@@ -172,6 +181,13 @@ impl JqExpr {
         })?;
         Ok(outputs)
     }
+}
+
+fn too_large() -> String {
+    format!(
+        "string repetition would produce more than {} MiB",
+        fast::MAX_REPEAT_BYTES / (1024.0 * 1024.0)
+    )
 }
 
 impl Out<'_, '_> {

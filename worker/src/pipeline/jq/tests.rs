@@ -234,6 +234,17 @@ fn combined(expr: &JqExpr, input: &Value<'_>) -> Result<Vec<String>, String> {
 /// Checks one expression on one input; returns whether the fast path bailed out although
 /// jaq succeeds (allowed, but counted).
 fn check(code: &str, expr: &JqExpr, input: &Value<'_>, shown: &str) -> bool {
+    if let Some(Err(Bail::TooLarge)) = expr.eval_fast_only(input) {
+        // jaq would try to allocate the string and abort the process: the pipeline refuses.
+        let refused = combined(expr, input);
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.contains("string repetition")),
+            "`{code}` on {shown}: an oversized repetition must fail the record, got {refused:?}"
+        );
+        return false;
+    }
     let jaq = expr.eval_jaq_only(input).map(|v| texts(&v));
     assert_eq!(
         combined(expr, input),
@@ -258,7 +269,18 @@ fn check(code: &str, expr: &JqExpr, input: &Value<'_>, shown: &str) -> bool {
             false
         }
         Some(Err(Bail::Unsupported)) => true,
+        Some(Err(Bail::TooLarge)) => unreachable!("handled above"),
     }
+}
+
+#[test]
+fn a_huge_string_repetition_fails_the_record_instead_of_the_process() {
+    let expr = JqExpr::compile(".a * .b").expect("compiles");
+    let input = parse(br#"{"a":"ab","b":9007199254740992}"#).expect("JSON");
+    let result = combined(&expr, &input);
+    assert!(result.is_err_and(|e| e.contains("string repetition")));
+    let small = parse(br#"{"a":"ab","b":3}"#).expect("JSON");
+    assert_eq!(combined(&expr, &small), Ok(vec![r#""ababab""#.to_owned()]));
 }
 
 #[test]

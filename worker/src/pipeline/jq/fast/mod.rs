@@ -27,7 +27,13 @@ pub(crate) enum Bail {
     /// A value combination the fast path leaves to jaq (integer overflow, string
     /// repetition, non-string object keys, ...).
     Unsupported,
+    /// A string repetition whose result would exceed [`MAX_REPEAT_BYTES`]: the record fails
+    /// without running jaq, which would try to allocate it and abort the process.
+    TooLarge,
 }
+
+/// Largest string a repetition (`"ab" * n`) may produce.
+pub(crate) const MAX_REPEAT_BYTES: f64 = 16.0 * 1024.0 * 1024.0;
 
 /// An output: borrowed from the input or the expression, or newly built.
 pub(crate) enum Out<'v, 'x> {
@@ -490,11 +496,22 @@ fn math<'x>(op: Math, l: Out<'_, 'x>, r: Out<'_, 'x>) -> Result<Value<'x>, Bail>
             }
             Obj(x)
         }
-        (Math::Sub, Arr(_), Arr(_))
-        | (Math::Mul, Str(_), Int(_) | Float(_))
-        | (Math::Mul, Int(_) | Float(_), Str(_))
-        | (Math::Mul, Obj(_), Obj(_))
-        | (Math::Div, Str(_), Str(_)) => return unsupported,
+        (Math::Mul, Str(text), Int(_) | Float(_)) | (Math::Mul, Int(_) | Float(_), Str(text)) => {
+            let times = match (l.get(), r.get()) {
+                (Int(n), _) | (_, Int(n)) => *n as f64,
+                (Float(n), _) | (_, Float(n)) => *n,
+                _ => 0.0,
+            };
+            // jaq builds the repeated string; a huge count would abort the process.
+            return if text.len().max(1) as f64 * times > MAX_REPEAT_BYTES {
+                Err(Bail::TooLarge)
+            } else {
+                unsupported
+            };
+        }
+        (Math::Sub, Arr(_), Arr(_)) | (Math::Mul, Obj(_), Obj(_)) | (Math::Div, Str(_), Str(_)) => {
+            return unsupported;
+        }
         _ => return Err(Bail::Error),
     })
 }
