@@ -65,6 +65,21 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Path of a binary of this workspace built by `cargo build --workspace --bins` (which
+/// `scripts/test` runs before the tests).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let bin = target.join("debug").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
 /// A name unique to this test process, for namespaces, topics and releases.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

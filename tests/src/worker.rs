@@ -17,20 +17,11 @@ use rdkafka::{
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
 };
 
-use crate::{reference::Event, repo_root, unique_name};
+use crate::{reference::Event, unique_name, workspace_bin};
 
 /// Path of the worker binary built by `cargo build` (scripts/test builds it first).
 pub fn worker_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let bin = target.join("debug/streamjob-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
+    workspace_bin("streamjob-worker")
 }
 
 /// A free TCP port on 127.0.0.1.

@@ -76,20 +76,8 @@ fn preload(bootstrap: &str, topic: &str, partitions: i32, records: usize) {
         println!("input topic {topic} already holds {records} records");
         return;
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(admin.create_topics(
-        &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-        &AdminOptions::new(),
-    ))
-    .unwrap()
-    .into_iter()
-    .for_each(|r| {
-        r.unwrap_or_else(|(t, e)| panic!("cannot create {t} (delete a partial one first): {e}"));
-    });
+    // A partial topic left by an interrupted run must be deleted by hand first.
+    create_topic(bootstrap, topic, partitions);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "50")
@@ -124,13 +112,19 @@ fn preload(bootstrap: &str, topic: &str, partitions: i32, records: usize) {
 
 /// The practical limit: one thread reading every partition as fast as librdkafka hands
 /// records over, touching each payload.
-fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> f64 {
+/// A consumer assigned to every partition of `topic` from the beginning, reporting the end of
+/// each partition, with the same fetch tuning as the worker's (see worker/src/kafka.rs).
+fn consumer_from_beginning(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("bench-raw-{}", std::process::id()))
+        .set("group.id", format!("{group}-{}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        // The same fetch tuning as the worker's consumer (see worker/src/kafka.rs).
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .unwrap();
@@ -140,6 +134,11 @@ fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -
             .unwrap();
     }
     consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> f64 {
+    let consumer = consumer_from_beginning(bootstrap, "bench-raw", topic, partitions);
     let start = Instant::now();
     let (mut count, mut bytes, mut done) = (0usize, 0usize, BTreeSet::new());
     while (done.len() as i32) < partitions {
@@ -167,14 +166,7 @@ fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -
 fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> f64 {
     let out_topic = format!("{topic}-forward-out-{}", std::process::id());
     create_topic(bootstrap, &out_topic, partitions);
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("bench-forward-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .unwrap();
+    let consumer = consumer_from_beginning(bootstrap, "bench-forward", topic, partitions);
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
@@ -182,12 +174,6 @@ fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) ->
         .set("compression.type", "lz4")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
     let start = Instant::now();
     let (mut count, mut done) = (0usize, BTreeSet::new());
     while (done.len() as i32) < partitions {
@@ -285,20 +271,7 @@ fn worker(
     std::fs::create_dir_all(&dir).unwrap();
     let job = dir.join("job.yaml");
     let out_topic = format!("{topic}-{name}-out-{}", std::process::id());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    for r in rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(&out_topic, 8, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    create_topic(bootstrap, &out_topic, 8);
     std::fs::write(
         &job,
         format!(

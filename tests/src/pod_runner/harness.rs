@@ -14,23 +14,14 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::{repo_root, unique_name};
+use crate::{unique_name, workspace_bin};
 
 /// Label key by which a test's pods are picked up by that test's runner.
 pub const TEST_RUNNER_LABEL: &str = "streamjob.dev/test-pod-runner";
 
 /// Path of the runner binary built by `cargo build --workspace --bins`.
 pub fn pod_runner_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("target"));
-    let bin = target.join("debug/streamjob-pod-runner");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first",
-        bin.display()
-    );
-    bin
+    workspace_bin("streamjob-pod-runner")
 }
 
 /// A running `streamjob-pod-runner`, stopped with SIGTERM (which stops its pods' processes)

@@ -23,7 +23,7 @@ use tokio::sync::mpsc as async_mpsc;
 use super::{EngineExit, PartitionRun, TICK, now_ms, request_snapshot};
 use crate::{
     kafka::{SinkProducer, SourceConsumer},
-    pipeline::{InputRecord, OutputRecord, Pipeline, RecordError, RecordStats},
+    pipeline::{FailedResult, InputRecord, OutputRecord, Pipeline, RecordError, RecordStats},
     plan::Plan,
     snapshot::SnapshotId,
     telemetry::{Event, RecordDeadLettered, RecordsProcessed},
@@ -156,9 +156,14 @@ impl ProcessLoop {
         if let Err(error) = result {
             self.dead_letter(&origin, record.key, record.payload, &error);
         }
-        for failed in stats.failed_results {
+        self.dead_letter_results(&origin, stats.failed_results);
+    }
+
+    /// Dead-letters window results that a step after the window failed on.
+    fn dead_letter_results(&self, origin: &Origin<'_>, failed: Vec<FailedResult>) {
+        for failed in failed {
             self.dead_letter(
-                &origin,
+                origin,
                 failed.key.as_deref(),
                 &failed.payload,
                 &failed.error,
@@ -284,14 +289,7 @@ impl ProcessLoop {
                 partition,
                 offset: -1,
             };
-            for failed in stats.failed_results {
-                self.dead_letter(
-                    &origin,
-                    failed.key.as_deref(),
-                    &failed.payload,
-                    &failed.error,
-                );
-            }
+            self.dead_letter_results(&origin, stats.failed_results);
         }
     }
 
