@@ -7,30 +7,11 @@ use std::time::{Duration, Instant};
 
 use rdkafka::{
     ClientConfig, Message, TopicPartitionList,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
     producer::{FutureProducer, FutureRecord, Producer},
 };
-use streamjob_tests::{stack_env, unique_name};
-
-async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .unwrap();
-    let results = admin
-        .create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
-        )
-        .await
-        .unwrap();
-    for result in results {
-        result.unwrap_or_else(|(t, e)| panic!("creating topic {t} failed: {e}"));
-    }
-}
+use streamjob_tests::{stack_env, unique_name, worker::create_topic};
 
 /// Reads every record of `topic` partition `partition` until the consumer reports the end of
 /// the partition (which accounts for transaction markers).
