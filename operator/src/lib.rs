@@ -1,7 +1,5 @@
-//! The streamjob operator: the `StreamJob` API and the controller that runs it.
+//! The streamjob operator: the controller that runs `StreamJob`s.
 
-pub mod api;
+pub use streamjob_api as api;
 pub mod assignment;
 pub mod crdgen;
-#[cfg(any(test, feature = "fixtures"))]
-pub mod fixtures;

@@ -259,7 +259,14 @@ async fn a_crashing_container_is_restarted_with_its_exit_code_recorded() {
         || async {
             let status = pods.get("crash").await.ok()?.status?;
             let container = status.container_statuses.as_ref()?.first()?.clone();
-            (container.restart_count >= 2).then_some((status, container))
+            // Between crashes the container waits in back-off; a container without a
+            // readiness probe is ready only while its process runs, so read it there.
+            let backing_off = container
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .is_some();
+            (container.restart_count >= 2 && backing_off).then_some((status, container))
         },
     )
     .await;
@@ -269,6 +276,8 @@ async fn a_crashing_container_is_restarted_with_its_exit_code_recorded() {
         Some("Running"),
         "Always restarts: still Running"
     );
+    let waiting = container.state.as_ref().unwrap().waiting.as_ref().unwrap();
+    assert_eq!(waiting.reason.as_deref(), Some("CrashLoopBackOff"));
     assert!(!container.ready);
     let last = container.last_state.unwrap().terminated.unwrap();
     assert_eq!(last.exit_code, 3);

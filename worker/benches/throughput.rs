@@ -26,7 +26,7 @@ use rdkafka::{
     producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
     types::RDKafkaErrorCode,
 };
-use streamjob_operator::api::PipelineStep;
+use streamjob_api::PipelineStep;
 use streamjob_worker::{
     checkpoint::CheckpointStore,
     paths::JobPaths,

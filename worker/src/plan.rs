@@ -6,7 +6,7 @@
 use std::{collections::BTreeMap, path::Path};
 
 use serde::{Deserialize, Serialize};
-use streamjob_operator::api::{StreamJob, StreamJobSpec};
+use streamjob_api::{StreamJob, StreamJobSpec};
 use thiserror::Error;
 
 /// Pod name used by `--job` mode, which owns every partition.

@@ -314,7 +314,7 @@ async fn start_offset(
     let topic = ctx.plan.spec.source.kafka.topic.clone();
     let earliest = matches!(
         ctx.plan.spec.source.kafka.start_from,
-        streamjob_operator::api::StartPosition::Earliest
+        streamjob_api::StartPosition::Earliest
     );
     let consumer = consumer.clone();
     let (low, high) = tokio::task::spawn_blocking(move || {

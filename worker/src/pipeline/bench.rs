@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use streamjob_operator::api::{Aggregate, AggregateFunction, PipelineStep, WindowStep};
+use streamjob_api::{Aggregate, AggregateFunction, PipelineStep, WindowStep};
 
 use super::{InputRecord, Pipeline, RecordStats};
 

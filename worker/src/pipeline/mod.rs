@@ -19,7 +19,7 @@ mod tests;
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
-use streamjob_operator::api::{PipelineStep, StepKind};
+use streamjob_api::{PipelineStep, StepKind};
 
 pub use error::{CompileError, RecordError, RecordErrorKind};
 pub use jq::ExprPath;

@@ -4,7 +4,7 @@ mod state;
 mod steps;
 mod windows;
 
-use streamjob_operator::api::{Aggregate, AggregateFunction, PipelineStep, WindowStep};
+use streamjob_api::{Aggregate, AggregateFunction, PipelineStep, WindowStep};
 
 use super::{InputRecord, OutputRecord, PartitionState, Pipeline, RecordStats};
 

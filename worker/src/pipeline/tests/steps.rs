@@ -1,7 +1,7 @@
 //! `filter`, `map`, `keyBy`, output format, record errors and compile errors.
 
 use super::{Run, compile, filter, key_by, map, named, record, texts, window, window_step};
-use streamjob_operator::api::PipelineStep;
+use streamjob_api::PipelineStep;
 
 use crate::pipeline::{
     CompileError, ExprPath, OutputRecord, Pipeline, RecordErrorKind, RecordStats,

@@ -4,7 +4,7 @@ use super::{
     Run, aggregate, compile, duration, filter, key_by, map, named, record, texts, window,
     window_step,
 };
-use streamjob_operator::api::{AggregateFunction, WindowStep};
+use streamjob_api::{AggregateFunction, WindowStep};
 
 use crate::pipeline::{RecordErrorKind, RecordStats};
 

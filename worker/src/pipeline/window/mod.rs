@@ -8,7 +8,7 @@ mod state;
 
 use std::borrow::Cow;
 
-use streamjob_operator::api::{AggregateFunction, WindowStep};
+use streamjob_api::{AggregateFunction, WindowStep};
 
 use super::RecordErrorKind;
 use super::jq::JqExpr;

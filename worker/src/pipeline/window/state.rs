@@ -5,7 +5,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use streamjob_operator::api::AggregateFunction;
+use streamjob_api::AggregateFunction;
 
 use super::super::value::{Value, compare};
 

@@ -2,7 +2,7 @@
 
 use kube::api::ObjectMeta;
 
-use crate::api::{
+use crate::{
     CheckpointSpec, JobState, KafkaSink, KafkaSource, PipelineStep, Sink, Source, StartPosition,
     StreamJob, StreamJobSpec,
 };

@@ -3,6 +3,8 @@
 //! The CRD in `crds/streamjob.yaml` is generated from these types; doc comments become the
 //! field descriptions users see in `kubectl explain`.
 
+#[cfg(any(test, feature = "fixtures"))]
+mod fixtures;
 mod pipeline;
 mod spec;
 mod status;
