@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, path::Path,
+};
 use thiserror::Error;
 
 use crate::{
@@ -115,19 +117,41 @@ impl CheckpointStore {
         self.storage.store.as_ref()
     }
 
-    /// Ids of every checkpoint of `partition`.
-    pub async fn list(&self, partition: i32) -> Result<Vec<SnapshotId>, CheckpointError> {
+    async fn objects(&self, partition: i32) -> Result<Vec<ObjectMeta>, CheckpointError> {
         let dir = self.paths.checkpoint_dir(partition);
-        let metas: Vec<_> = self
-            .store()
+        self.store()
             .list(Some(&dir))
             .try_collect()
             .await
-            .map_err(|source| CheckpointError::List { partition, source })?;
-        Ok(metas
+            .map_err(|source| CheckpointError::List { partition, source })
+    }
+
+    /// Ids of every checkpoint of `partition`.
+    pub async fn list(&self, partition: i32) -> Result<Vec<SnapshotId>, CheckpointError> {
+        Ok(self
+            .objects(partition)
+            .await?
             .iter()
             .filter_map(|m| JobPaths::parse_checkpoint(&m.location))
             .collect())
+    }
+
+    /// Id and write time of the newest checkpoint of `partition` (by epoch, then offset),
+    /// without reading it.
+    pub async fn newest(
+        &self,
+        partition: i32,
+    ) -> Result<Option<(SnapshotId, jiff::Timestamp)>, CheckpointError> {
+        Ok(self
+            .objects(partition)
+            .await?
+            .iter()
+            .filter_map(|m| {
+                let id = JobPaths::parse_checkpoint(&m.location)?;
+                let time = jiff::Timestamp::from_millisecond(m.last_modified.timestamp_millis());
+                Some((id, time.ok()?))
+            })
+            .max_by_key(|(id, _)| (id.epoch, id.next_offset)))
     }
 
     /// The newest checkpoint of `partition` that reads back intact, skipping (and reporting)

@@ -4,11 +4,15 @@
 //! becomes environment variables of the worker): `AWS_*` for S3, `GOOGLE_*` for GCS, `AZURE_*`
 //! for Azure, as the `object_store` builders read them.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use object_store::{
-    ObjectStore, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
-    gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path,
+    ObjectStore,
+    aws::{AmazonS3Builder, AmazonS3ConfigKey},
+    azure::{AzureConfigKey, MicrosoftAzureBuilder},
+    gcp::{GoogleCloudStorageBuilder, GoogleConfigKey},
+    local::LocalFileSystem,
+    path::Path,
 };
 use thiserror::Error;
 use url::Url;
@@ -54,8 +58,16 @@ pub struct Storage {
     pub prefix: Path,
 }
 
-/// Opens the store for `url`.
+/// Opens the store for `url`, configured from the environment.
 pub fn open(url: &str) -> Result<Storage, StorageError> {
+    open_with(url, &BTreeMap::new())
+}
+
+/// Opens the store for `url`, configured from the environment and then from `settings`:
+/// environment-variable style pairs (`AWS_ACCESS_KEY_ID`, `AZURE_STORAGE_ACCOUNT_KEY`, ...)
+/// as a StreamJob's checkpoint Secret holds them. Unknown names are ignored, as the
+/// builders ignore unknown environment variables.
+pub fn open_with(url: &str, settings: &BTreeMap<String, String>) -> Result<Storage, StorageError> {
     let parsed = Url::parse(url).map_err(|source| StorageError::InvalidUrl {
         url: url.to_owned(),
         source,
@@ -68,28 +80,40 @@ pub fn open(url: &str) -> Result<Storage, StorageError> {
     let (store, prefix): (Arc<dyn ObjectStore>, Path) = match parsed.scheme() {
         "s3" => (
             Arc::new(
-                AmazonS3Builder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(open_err)?,
+                configured(
+                    AmazonS3Builder::from_env(),
+                    settings,
+                    |b, k: AmazonS3ConfigKey, v| b.with_config(k, v),
+                )
+                .with_url(url)
+                .build()
+                .map_err(open_err)?,
             ),
             bucket_prefix(),
         ),
         "gs" => (
             Arc::new(
-                GoogleCloudStorageBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(open_err)?,
+                configured(
+                    GoogleCloudStorageBuilder::from_env(),
+                    settings,
+                    |b, k: GoogleConfigKey, v| b.with_config(k, v),
+                )
+                .with_url(url)
+                .build()
+                .map_err(open_err)?,
             ),
             bucket_prefix(),
         ),
         "az" => (
             Arc::new(
-                MicrosoftAzureBuilder::from_env()
-                    .with_url(url)
-                    .build()
-                    .map_err(open_err)?,
+                configured(
+                    MicrosoftAzureBuilder::from_env(),
+                    settings,
+                    |b, k: AzureConfigKey, v| b.with_config(k, v),
+                )
+                .with_url(url)
+                .build()
+                .map_err(open_err)?,
             ),
             bucket_prefix(),
         ),
@@ -107,6 +131,20 @@ pub fn open(url: &str) -> Result<Storage, StorageError> {
         _ => return Err(StorageError::UnsupportedScheme(url.to_owned())),
     };
     Ok(Storage { store, prefix })
+}
+
+/// Applies every setting whose lower-cased name parses as one of the builder's keys.
+fn configured<B, K: std::str::FromStr>(
+    builder: B,
+    settings: &BTreeMap<String, String>,
+    apply: impl Fn(B, K, &str) -> B,
+) -> B {
+    settings.iter().fold(builder, |builder, (name, value)| {
+        match name.to_ascii_lowercase().parse::<K>() {
+            Ok(key) => apply(builder, key, value),
+            Err(_) => builder,
+        }
+    })
 }
 
 #[cfg(test)]

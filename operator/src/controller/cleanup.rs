@@ -1,0 +1,97 @@
+//! Deletion: children go with the job through owner references (the garbage collector);
+//! checkpoints stay unless the spec asks to delete them, which is what the finalizer is for.
+//! The finalizer is only present on jobs that ask, so deleting any other job never waits
+//! for the operator.
+
+use std::time::Duration;
+
+use futures::TryStreamExt as _;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+use object_store::ObjectStoreExt as _;
+use serde_json::json;
+use streamjob_api::StreamJob;
+use streamjob_worker::{paths::JobPaths, storage};
+
+use super::{
+    Context, Error,
+    names::{CLEANUP_FINALIZER, MANAGER},
+};
+
+/// Adds the finalizer to a job that wants its checkpoints deleted with it, and removes it
+/// from a job that no longer does.
+pub async fn ensure_finalizer(job: &StreamJob, ctx: &Context) -> Result<(), Error> {
+    let wanted = job.spec.checkpoint.delete_on_job_deletion;
+    let present = job.finalizers().iter().any(|f| f == CLEANUP_FINALIZER);
+    if wanted != present {
+        set_finalizer(job, ctx, wanted).await?;
+    }
+    Ok(())
+}
+
+/// A job being deleted: delete its checkpoints if asked, then let it go.
+pub async fn on_deletion(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
+    if !job.finalizers().iter().any(|f| f == CLEANUP_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let namespace = job.namespace().unwrap_or_default();
+    let url = &job.spec.checkpoint.storage;
+    if url.starts_with("file://") {
+        tracing::warn!(%url, "file:// checkpoints live in the worker pods; nothing to delete here");
+    } else {
+        let settings = match &job.spec.checkpoint.secret_ref {
+            Some(secret) => super::observe::secret_values(ctx, &namespace, &secret.name)
+                .await?
+                .unwrap_or_default(),
+            None => Default::default(),
+        };
+        let storage =
+            storage::open_with(url, &settings).map_err(|e| Error::Cleanup(e.to_string()))?;
+        let paths = JobPaths::new(&storage.prefix, &namespace, &job.name_any());
+        let objects: Vec<_> = storage
+            .store
+            .list(Some(paths.root()))
+            .try_collect()
+            .await
+            .map_err(|e| Error::Cleanup(e.to_string()))?;
+        for object in &objects {
+            storage
+                .store
+                .delete(&object.location)
+                .await
+                .map_err(|e| Error::Cleanup(e.to_string()))?;
+        }
+        tracing::info!(
+            deleted = objects.len(),
+            "deleted the job's checkpoints and savepoints"
+        );
+    }
+    set_finalizer(job, ctx, false).await?;
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+async fn set_finalizer(job: &StreamJob, ctx: &Context, present: bool) -> Result<(), Error> {
+    let finalizers: Vec<&str> = if present {
+        vec![CLEANUP_FINALIZER]
+    } else {
+        vec![]
+    };
+    let patch = json!({
+        "apiVersion": StreamJob::api_version(&()),
+        "kind": StreamJob::kind(&()),
+        "metadata": { "name": job.name_any(), "finalizers": finalizers },
+    });
+    let jobs: Api<StreamJob> =
+        Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
+    jobs.patch(
+        &job.name_any(),
+        &PatchParams::apply(MANAGER),
+        &Patch::Apply(patch),
+    )
+    .await
+    .map_err(Error::Finalizer)?;
+    Ok(())
+}

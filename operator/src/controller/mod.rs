@@ -1,0 +1,402 @@
+//! The StreamJob controller: reconcile is a pipeline of named phases.
+//!
+//! observe (reads) → validate (pure) → plan and desired (pure) → apply (server-side apply)
+//! → status (pure, then written with server-side apply). Errors split into a bad spec (a
+//! `Stalled` condition; wait for a change) and transient faults (requeue with backoff).
+
+pub mod apply;
+pub mod cleanup;
+pub mod desired;
+pub mod names;
+pub mod observe;
+pub mod planning;
+pub mod status;
+pub mod validate;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    core::v1::{ConfigMap, Pod, Service},
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt as _,
+        controller::{Action, Config as ControllerConfig},
+        events::{Event as KubeEvent, Recorder, Reporter},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+use streamjob_api::StreamJob;
+use thiserror::Error;
+
+use self::{
+    desired::{DesiredError, WorkerDefaults},
+    names::{ChildNames, JOB_LABEL, MANAGED_BY_LABEL, MANAGER},
+    planning::{PlanInput, next_plan},
+    status::{StatusInput, Transition},
+};
+use crate::{kafka::KafkaClients, telemetry::Metrics};
+
+/// Why a job cannot run until its spec or environment changes (a `Stalled` condition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocker {
+    /// Short CamelCase reason.
+    pub reason: String,
+    /// What is wrong, naming the field or object.
+    pub message: String,
+}
+
+impl Blocker {
+    /// A blocker with `reason` and `message`.
+    pub fn new(reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A transient failure of one reconcile (retried with backoff).
+#[derive(Debug, Error)]
+pub enum Error {
+    /// Reading an object failed.
+    #[error("failed to read the {what}: {source}")]
+    Read {
+        /// Which object.
+        what: &'static str,
+        /// API error.
+        source: kube::Error,
+    },
+    /// Building a desired object failed.
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    /// Server-side apply of a child failed.
+    #[error("failed to apply the {what}: {source}")]
+    Apply {
+        /// Which object.
+        what: &'static str,
+        /// API error.
+        source: kube::Error,
+    },
+    /// Deleting an undesired child failed.
+    #[error("failed to prune {what}s: {source}")]
+    Prune {
+        /// Which kind.
+        what: &'static str,
+        /// API error.
+        source: kube::Error,
+    },
+    /// Writing status failed.
+    #[error("failed to write the status: {0}")]
+    Status(kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("failed to update the finalizer: {0}")]
+    Finalizer(kube::Error),
+    /// Deleting checkpoints at job deletion failed.
+    #[error("failed to delete the job's checkpoints: {0}")]
+    Cleanup(String),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Read { .. } => "read",
+            Error::Desired(_) => "desired",
+            Error::Apply { .. } => "apply",
+            Error::Prune { .. } => "prune",
+            Error::Status(_) => "status",
+            Error::Finalizer(_) => "finalizer",
+            Error::Cleanup(_) => "cleanup",
+        }
+    }
+}
+
+/// Shared state of every reconcile.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Cache of every operator-managed pod.
+    pub pods: Store<Pod>,
+    /// Kafka metadata clients.
+    pub kafka: KafkaClients,
+    /// Worker settings shared by every job.
+    pub defaults: WorkerDefaults,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Jobs (uid, generation) whose stale children were pruned by this process.
+    pruned: Mutex<HashSet<(String, i64)>>,
+    /// Consecutive failures per job uid, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// How the controller is run.
+pub struct ControllerOptions {
+    /// Only this namespace, or every namespace.
+    pub namespace: Option<String>,
+    /// Worker defaults.
+    pub defaults: WorkerDefaults,
+    /// Name of this replica (events' reporting instance).
+    pub identity: String,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    options: ControllerOptions,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let api = |client: &Client| -> (Api<StreamJob>, Api<Pod>) {
+        match &options.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        }
+    };
+    let (jobs, pods) = api(&client);
+    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_events = reflector::reflector(pod_writer, watcher(pods, managed.clone()))
+        .default_backoff()
+        .touched_objects();
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER.into(),
+            instance: Some(options.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods: pod_store,
+        kafka: KafkaClients::default(),
+        defaults: options.defaults.clone(),
+        recorder,
+        metrics,
+        pruned: Mutex::default(),
+        failures: Mutex::default(),
+    });
+
+    let owned = |client: &Client| -> (Api<Deployment>, Api<ConfigMap>, Api<Service>) {
+        match &options.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        }
+    };
+    let (deployments, configmaps, services) = owned(&client);
+
+    Controller::new(jobs, watcher::Config::default().any_semantic())
+        .with_config(ControllerConfig::default().concurrency(options.concurrency))
+        .owns(deployments, managed.clone())
+        .owns(configmaps, managed.clone())
+        .owns(services, managed)
+        .watches_stream(pod_events, |pod: Pod| {
+            let job = pod.labels().get(JOB_LABEL)?.clone();
+            Some(ObjectRef::<StreamJob>::new(&job).within(&pod.namespace()?))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile did not run");
+            }
+        })
+        .await;
+}
+
+async fn reconcile(job: Arc<StreamJob>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = job.namespace(),
+        job = job.name_any()
+    );
+    let result = tracing::Instrument::instrument(reconcile_job(&job, &ctx), span).await;
+    ctx.metrics
+        .reconciled(started.elapsed(), result.as_ref().err().map(Error::reason));
+    if result.is_ok() {
+        ctx.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid(&job));
+    }
+    result
+}
+
+fn error_policy(job: Arc<StreamJob>, error: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = {
+        let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(uid(&job)).or_default();
+        *count = count.saturating_add(1);
+        *count
+    };
+    let delay =
+        Duration::from_secs(2u64.saturating_pow(attempts.min(8))).min(Duration::from_secs(300));
+    tracing::warn!(namespace = job.namespace(), job = job.name_any(), %error, attempts, ?delay, "reconcile failed; retrying");
+    let recorder = ctx.recorder.clone();
+    let reference = job.object_ref(&());
+    let note = error.to_string();
+    tokio::spawn(async move {
+        let event = KubeEvent {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "ReconcileFailed".into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "cannot publish an event");
+        }
+    });
+    Action::requeue(delay)
+}
+
+fn uid(job: &StreamJob) -> String {
+    job.metadata.uid.clone().unwrap_or_default()
+}
+
+/// One reconcile of one job.
+async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> {
+    let namespace = job.namespace().unwrap_or_default();
+    let name = job.name_any();
+    if job.metadata.deletion_timestamp.is_some() {
+        return cleanup::on_deletion(job, ctx).await;
+    }
+    cleanup::ensure_finalizer(job, ctx).await?;
+
+    let observed = observe::observe(job, ctx).await?;
+    let spec_blocker = validate::spec_blocker(job);
+    let blocker = spec_blocker
+        .clone()
+        .or_else(|| observed.topic.as_ref().err().cloned());
+
+    // A spec that cannot run leaves the workers on the last spec that could; pods still
+    // come and go, so that spec's plan keeps following them.
+    let runnable = match (&spec_blocker, &observed.plan) {
+        (None, _) => Some(job.clone()),
+        (Some(_), Some(previous)) => {
+            let mut last_good = job.clone();
+            last_good.spec = previous.spec.clone();
+            Some(last_good)
+        }
+        (Some(_), None) => None,
+    };
+    let plan = match (runnable, &observed.topic) {
+        (Some(runnable), Ok(topic)) => {
+            let last_epoch = job
+                .status
+                .as_ref()
+                .and_then(|s| s.epoch)
+                .and_then(|e| u64::try_from(e).ok())
+                .unwrap_or(0);
+            let plan = next_plan(&PlanInput {
+                job: &runnable,
+                namespace: &namespace,
+                previous: observed.plan.as_ref(),
+                last_epoch,
+                partitions: topic.partitions,
+                pods: &observed.pods,
+            });
+            let owner = job.controller_owner_ref(&()).unwrap_or_default();
+            let children = desired::children(&runnable, &namespace, &plan, owner, &ctx.defaults)?;
+            apply::apply(&ctx.client, &namespace, &children).await?;
+            let generation = (uid(job), job.metadata.generation.unwrap_or(0));
+            let needs_prune = !ctx
+                .pruned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&generation);
+            if needs_prune {
+                let names = ChildNames::new(&name);
+                apply::prune(&ctx.client, &namespace, &generation.0, &names, &children).await?;
+                ctx.pruned
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(generation);
+            }
+            Some(plan)
+        }
+        _ => observed.plan.clone(),
+    };
+
+    let new_status = status::status(&StatusInput {
+        job,
+        observed: &observed,
+        plan: plan.as_ref(),
+        blocker: blocker.as_ref(),
+        now: jiff::Timestamp::now(),
+    });
+    let old_status = job.status.clone().unwrap_or_default();
+    if old_status != new_status {
+        let patch = json!({
+            "apiVersion": StreamJob::api_version(&()),
+            "kind": StreamJob::kind(&()),
+            "status": new_status,
+        });
+        let jobs: Api<StreamJob> = Api::namespaced(ctx.client.clone(), &namespace);
+        jobs.patch_status(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+    }
+    for transition in status::transitions(&old_status, &new_status, plan.as_ref()) {
+        publish(ctx, job, transition).await;
+    }
+
+    let ready = new_status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    Ok(if blocker.is_some() {
+        Action::requeue(Duration::from_secs(60))
+    } else if ready {
+        Action::requeue(Duration::from_secs(30))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    })
+}
+
+/// Publishes `transition` as a Kubernetes Event on `job`; failures are only logged.
+async fn publish(ctx: &Context, job: &StreamJob, transition: Transition) {
+    tracing::info!(reason = %transition.reason, note = %transition.note, "event");
+    let event = KubeEvent {
+        type_: transition.type_,
+        reason: transition.reason,
+        note: Some(transition.note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &job.object_ref(&())).await {
+        tracing::warn!(%error, "cannot publish an event");
+    }
+}

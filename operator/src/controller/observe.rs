@@ -1,0 +1,218 @@
+//! Observe: everything reconcile needs to know about a job's world (reads only: the pod
+//! cache, the API server, Kafka metadata and checkpoint storage).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::{Api, ResourceExt, runtime::reflector::Store};
+use streamjob_api::StreamJob;
+use streamjob_worker::{checkpoint::CheckpointStore, paths::JobPaths, plan::Plan, storage};
+
+use super::{
+    Blocker, Context, Error,
+    names::{ChildNames, JOB_LABEL, PLAN_KEY},
+    planning::{PodLifecycle, WorkerPod},
+};
+use crate::kafka::{KafkaProblem, TopicInfo};
+
+/// What reconcile found.
+#[derive(Debug)]
+pub struct Observed {
+    /// The job's worker pods.
+    pub pods: Vec<WorkerPod>,
+    /// The published plan, when its ConfigMap exists and parses.
+    pub plan: Option<Plan>,
+    /// The source topic, or why it could not be described.
+    pub topic: Result<TopicInfo, Blocker>,
+    /// Secrets the spec names that do not exist.
+    pub missing_secrets: Vec<String>,
+    /// Newest checkpoint per partition, read from storage.
+    pub checkpoints: BTreeMap<i32, SeenCheckpoint>,
+}
+
+/// A partition's newest checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenCheckpoint {
+    /// The next offset the partition resumes from.
+    pub next_offset: i64,
+    /// When it was written.
+    pub time: jiff::Timestamp,
+}
+
+/// Reads the job's world.
+pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> {
+    let namespace = job.namespace().unwrap_or_default();
+    let names = ChildNames::new(&job.name_any());
+    let mut missing_secrets = Vec::new();
+    let kafka = &job.spec.source.kafka;
+    let mut kafka_props = BTreeMap::new();
+    if let Some(secret) = &kafka.secret_ref {
+        match secret_values(ctx, &namespace, &secret.name).await? {
+            Some(values) => kafka_props = values,
+            None => missing_secrets.push(secret.name.clone()),
+        }
+    }
+    let mut storage_settings = BTreeMap::new();
+    if let Some(secret) = &job.spec.checkpoint.secret_ref {
+        match secret_values(ctx, &namespace, &secret.name).await? {
+            Some(values) => storage_settings = values,
+            None => missing_secrets.push(secret.name.clone()),
+        }
+    }
+
+    let topic = if missing_secrets.is_empty() {
+        ctx.kafka
+            .topic(&kafka.bootstrap_servers, &kafka_props, &kafka.topic)
+            .await
+            .map_err(|problem| kafka_blocker(&problem))
+    } else {
+        Err(Blocker::new(
+            "SecretNotFound",
+            format!(
+                "Secret {} not found in namespace {namespace}",
+                missing_secrets.join(", ")
+            ),
+        ))
+    };
+
+    let plans: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    let plan = plans
+        .get_opt(&names.plan())
+        .await
+        .map_err(|source| Error::Read {
+            what: "plan ConfigMap",
+            source,
+        })?
+        .and_then(|cm| cm.data?.get(PLAN_KEY).cloned())
+        .and_then(|yaml| match serde_yaml::from_str::<Plan>(&yaml) {
+            Ok(plan) => Some(plan),
+            Err(error) => {
+                tracing::warn!(%error, "the published plan does not parse; planning afresh");
+                None
+            }
+        });
+
+    let partitions = topic.as_ref().map_or(0, |t| t.partitions);
+    let checkpoints = read_checkpoints(job, &namespace, &storage_settings, partitions).await;
+
+    Ok(Observed {
+        pods: worker_pods(&ctx.pods, &namespace, &job.name_any()),
+        plan,
+        topic,
+        missing_secrets,
+        checkpoints,
+    })
+}
+
+/// The job's pods from the shared pod cache.
+fn worker_pods(store: &Store<Pod>, namespace: &str, job: &str) -> Vec<WorkerPod> {
+    let mut pods: Vec<WorkerPod> = store
+        .state()
+        .iter()
+        .filter(|pod| {
+            pod.namespace().as_deref() == Some(namespace)
+                && pod.labels().get(JOB_LABEL).map(String::as_str) == Some(job)
+        })
+        .map(|pod| worker_pod(pod))
+        .collect();
+    pods.sort_by(|a, b| a.name.cmp(&b.name));
+    pods
+}
+
+/// How the planner sees one pod.
+pub fn worker_pod(pod: &Pod) -> WorkerPod {
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref());
+    let lifecycle = if pod.metadata.deletion_timestamp.is_some() {
+        PodLifecycle::Terminating
+    } else if matches!(phase, Some("Failed" | "Succeeded")) {
+        PodLifecycle::Finished
+    } else {
+        PodLifecycle::Live
+    };
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    WorkerPod {
+        name: pod.name_any(),
+        lifecycle,
+        ready,
+    }
+}
+
+/// Newest checkpoint per partition. Only object stores are read: a `file://` directory lives
+/// in the worker pods, out of the operator's sight. Storage trouble is logged, not fatal:
+/// status then lacks checkpoint figures.
+async fn read_checkpoints(
+    job: &StreamJob,
+    namespace: &str,
+    settings: &BTreeMap<String, String>,
+    partitions: i32,
+) -> BTreeMap<i32, SeenCheckpoint> {
+    let url = &job.spec.checkpoint.storage;
+    let mut seen = BTreeMap::new();
+    if url.starts_with("file://") || partitions == 0 {
+        return seen;
+    }
+    let storage = match storage::open_with(url, settings) {
+        Ok(storage) => storage,
+        Err(error) => {
+            tracing::warn!(%error, "cannot open checkpoint storage");
+            return seen;
+        }
+    };
+    let paths = JobPaths::new(&storage.prefix, namespace, &job.name_any());
+    let store = CheckpointStore::new(storage, paths);
+    for partition in 0..partitions {
+        match store.newest(partition).await {
+            Ok(Some((id, time))) => {
+                seen.insert(
+                    partition,
+                    SeenCheckpoint {
+                        next_offset: id.next_offset,
+                        time,
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, partition, "cannot list checkpoints");
+                break;
+            }
+        }
+    }
+    seen
+}
+
+/// The values of Secret `name`, or `None` when it does not exist.
+pub async fn secret_values(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<BTreeMap<String, String>>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets.get_opt(name).await.map_err(|source| Error::Read {
+        what: "Secret",
+        source,
+    })?;
+    Ok(secret.as_ref().map(decode))
+}
+
+fn decode(secret: &Secret) -> BTreeMap<String, String> {
+    let mut values: BTreeMap<String, String> = secret.string_data.clone().unwrap_or_default();
+    for (key, bytes) in secret.data.iter().flatten() {
+        values.insert(key.clone(), String::from_utf8_lossy(&bytes.0).into_owned());
+    }
+    values
+}
+
+fn kafka_blocker(problem: &KafkaProblem) -> Blocker {
+    let reason = match problem {
+        KafkaProblem::Settings(_) => "InvalidKafkaSettings",
+        KafkaProblem::Unreachable { .. } | KafkaProblem::Task => "KafkaUnreachable",
+        KafkaProblem::NoSuchTopic { .. } => "TopicNotFound",
+    };
+    Blocker::new(reason, problem.to_string())
+}

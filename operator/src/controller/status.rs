@@ -1,0 +1,338 @@
+//! Status: what the operator observed, as conditions kstatus reads, and the events that
+//! mark each transition (pure; the controller writes both).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::events::EventType;
+use streamjob_api::{
+    CheckpointSummary, JobState, PartitionStatus, Phase, StreamJob, StreamJobStatus,
+};
+use streamjob_worker::plan::Plan;
+
+use super::{
+    Blocker,
+    names::ChildNames,
+    observe::Observed,
+    planning::{PodLifecycle, WorkerPod},
+};
+
+/// Everything the status is computed from.
+pub struct StatusInput<'a> {
+    /// The job as reconciled.
+    pub job: &'a StreamJob,
+    /// What observe found.
+    pub observed: &'a Observed,
+    /// The plan in force (just published, or the old one when the spec is blocked).
+    pub plan: Option<&'a Plan>,
+    /// Why the job cannot run, if it cannot.
+    pub blocker: Option<&'a Blocker>,
+    /// Now.
+    pub now: jiff::Timestamp,
+}
+
+/// An event to publish about the job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transition {
+    /// Normal or Warning.
+    pub type_: EventType,
+    /// Short CamelCase reason.
+    pub reason: String,
+    /// Human sentence.
+    pub note: String,
+}
+
+/// The new status.
+pub fn status(input: &StatusInput<'_>) -> StreamJobStatus {
+    let job = input.job;
+    let previous = job.status.clone().unwrap_or_default();
+    let names = ChildNames::new(job.metadata.name.as_deref().unwrap_or_default());
+    let (phase, ready, reconciling, stalled) = assess(input, previous.phase);
+    let generation = job.metadata.generation;
+    let condition = |type_: &str, verdict: Verdict| {
+        let status = if verdict.holds { "True" } else { "False" };
+        let last_transition_time = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or(Time(input.now), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: verdict.reason,
+            message: verdict.message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+    let live = input
+        .observed
+        .pods
+        .iter()
+        .filter(|p| p.lifecycle == PodLifecycle::Live)
+        .count();
+
+    StreamJobStatus {
+        observed_generation: generation,
+        phase: Some(phase),
+        parallelism: Some(i32::try_from(live).unwrap_or(i32::MAX)),
+        selector: Some(names.selector_string()),
+        epoch: input
+            .plan
+            .map(|p| i64::try_from(p.epoch).unwrap_or(i64::MAX)),
+        conditions: vec![
+            condition("Ready", ready),
+            condition("Reconciling", reconciling),
+            condition("Stalled", stalled),
+        ],
+        assignment: partitions(input),
+        last_checkpoint: last_checkpoint(input.observed),
+        savepoints: previous.savepoints,
+        rescale: previous.rescale,
+    }
+}
+
+/// The events that mark the change from `before` to `after`.
+pub fn transitions(
+    before: &StreamJobStatus,
+    after: &StreamJobStatus,
+    plan: Option<&Plan>,
+) -> Vec<Transition> {
+    let normal = |reason: &str, note: String| Transition {
+        type_: EventType::Normal,
+        reason: reason.to_owned(),
+        note,
+    };
+    let mut events = Vec::new();
+    if let (Some(epoch), Some(plan)) = (after.epoch, plan) {
+        if before.epoch != Some(epoch) {
+            let owners: Vec<String> = plan
+                .assignment
+                .iter()
+                .map(|(pod, parts)| format!("{pod} {parts:?}"))
+                .collect();
+            let owners = if owners.is_empty() {
+                "no partitions owned".to_owned()
+            } else {
+                owners.join(", ")
+            };
+            events.push(normal("PlanPublished", format!("epoch {epoch}: {owners}")));
+        }
+    }
+    match (holds(before, "Stalled"), holds(after, "Stalled")) {
+        (old, Some(new))
+            if old.map(|c| (&c.reason, &c.message)) != Some((&new.reason, &new.message)) =>
+        {
+            events.push(Transition {
+                type_: EventType::Warning,
+                reason: new.reason.clone(),
+                note: new.message.clone(),
+            });
+        }
+        (Some(_), None) => events.push(normal("Recovered", "the spec can run again".to_owned())),
+        _ => {}
+    }
+    if let (None, Some(ready)) = (holds(before, "Ready"), holds(after, "Ready")) {
+        events.push(normal(&ready.reason, ready.message.clone()));
+    }
+    if before.phase == Some(Phase::Suspended) && after.phase != Some(Phase::Suspended) {
+        events.push(normal(
+            "Resumed",
+            "workers start from their last checkpoints".to_owned(),
+        ));
+    }
+    events
+}
+
+/// The condition `type_` of `status`, if it is true.
+fn holds<'a>(status: &'a StreamJobStatus, type_: &str) -> Option<&'a Condition> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .filter(|c| c.status == "True")
+}
+
+/// A condition's verdict.
+struct Verdict {
+    holds: bool,
+    reason: String,
+    message: String,
+}
+
+impl Verdict {
+    fn new(holds: bool, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            holds,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Phase and the Ready, Reconciling and Stalled verdicts.
+fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, Verdict, Verdict) {
+    let not_stalled = || Verdict::new(false, "Runnable", "the spec can run");
+    if let Some(blocker) = input.blocker {
+        return (
+            Phase::Failed,
+            Verdict::new(false, &blocker.reason, blocker.message.clone()),
+            Verdict::new(
+                false,
+                "Stalled",
+                "waiting for the spec or its environment to change",
+            ),
+            Verdict::new(true, &blocker.reason, blocker.message.clone()),
+        );
+    }
+    let pods = &input.observed.pods;
+    let count = |lifecycle: PodLifecycle| pods.iter().filter(|p| p.lifecycle == lifecycle).count();
+    let (live, terminating) = (count(PodLifecycle::Live), count(PodLifecycle::Terminating));
+
+    if input.job.spec.state == JobState::Suspended {
+        let remaining = live + terminating;
+        return if remaining == 0 {
+            (
+                Phase::Suspended,
+                Verdict::new(
+                    true,
+                    "Suspended",
+                    "workers stopped after their final checkpoint",
+                ),
+                Verdict::new(false, "Suspended", "nothing to do while suspended"),
+                not_stalled(),
+            )
+        } else {
+            let message =
+                format!("waiting for {remaining} workers to stop after their final checkpoint");
+            (
+                Phase::Suspended,
+                Verdict::new(false, "Suspending", message.clone()),
+                Verdict::new(true, "Suspending", message),
+                not_stalled(),
+            )
+        };
+    }
+
+    let wanted = usize::try_from(input.job.spec.parallelism).unwrap_or(0);
+    let partitions = input.observed.topic.as_ref().map_or(0, |t| t.partitions);
+    let ready_owner = |pod: &str| is_ready(pods, pod);
+    let unserved = (0..partitions)
+        .filter(|partition| {
+            let owner = input.plan.and_then(|plan| {
+                plan.assignment
+                    .iter()
+                    .find(|(_, parts)| parts.contains(partition))
+                    .map(|(pod, _)| pod.as_str())
+            });
+            !owner.is_some_and(ready_owner)
+        })
+        .count();
+    let ready_pods = pods
+        .iter()
+        .filter(|p| p.ready && p.lifecycle == PodLifecycle::Live)
+        .count();
+    let epoch = input.plan.map_or(0, |p| p.epoch);
+
+    let waiting = if terminating > 0 {
+        Some((
+            "PodsTerminating",
+            format!("waiting for {terminating} workers to stop before their partitions move"),
+        ))
+    } else if live != wanted {
+        Some(("Scaling", format!("{live} of {wanted} workers exist")))
+    } else if ready_pods < live {
+        Some((
+            "WorkersStarting",
+            format!("{ready_pods} of {live} workers are ready"),
+        ))
+    } else if unserved > 0 {
+        Some((
+            "PartitionsStarting",
+            format!("{unserved} of {partitions} partitions wait for a ready owner"),
+        ))
+    } else {
+        None
+    };
+    match waiting {
+        None => {
+            let idle = wanted.saturating_sub(usize::try_from(partitions).unwrap_or(0));
+            let mut message =
+                format!("{live} workers run {partitions} partitions in epoch {epoch}");
+            if idle > 0 {
+                message.push_str(&format!(
+                    "; {idle} workers are idle: the topic has only {partitions} partitions"
+                ));
+            }
+            (
+                Phase::Running,
+                Verdict::new(true, "Running", message),
+                Verdict::new(false, "Running", "every partition has a ready owner"),
+                not_stalled(),
+            )
+        }
+        Some((reason, message)) => {
+            let phase = match previous {
+                Some(Phase::Running | Phase::Rescaling) if live != wanted => Phase::Rescaling,
+                Some(Phase::Running | Phase::Rescaling) => Phase::Running,
+                _ => Phase::Pending,
+            };
+            (
+                phase,
+                Verdict::new(false, reason, message.clone()),
+                Verdict::new(true, reason, message),
+                not_stalled(),
+            )
+        }
+    }
+}
+
+fn partitions(input: &StatusInput<'_>) -> Vec<PartitionStatus> {
+    let Ok(topic) = &input.observed.topic else {
+        return input
+            .job
+            .status
+            .as_ref()
+            .map(|s| s.assignment.clone())
+            .unwrap_or_default();
+    };
+    let owners: BTreeMap<i32, &String> = input
+        .plan
+        .map(|plan| {
+            plan.assignment
+                .iter()
+                .flat_map(|(pod, parts)| parts.iter().map(move |p| (*p, pod)))
+                .collect()
+        })
+        .unwrap_or_default();
+    (0..topic.partitions)
+        .map(|partition| {
+            let checkpoint = input.observed.checkpoints.get(&partition);
+            let committed = checkpoint.map(|c| c.next_offset);
+            let end = topic.end_offsets.get(&partition).copied();
+            PartitionStatus {
+                partition,
+                pod: owners.get(&partition).map(|p| (*p).clone()),
+                committed_offset: committed,
+                lag: committed
+                    .zip(end)
+                    .map(|(committed, end)| (end - committed).max(0)),
+                last_checkpoint: checkpoint.map(|c| Time(c.time)),
+            }
+        })
+        .collect()
+}
+
+fn last_checkpoint(observed: &Observed) -> Option<CheckpointSummary> {
+    let oldest = observed.checkpoints.values().map(|c| c.time).min()?;
+    Some(CheckpointSummary {
+        time: Time(oldest),
+        partitions: i32::try_from(observed.checkpoints.len()).unwrap_or(i32::MAX),
+    })
+}
+
+/// Whether the pod list holds a pod by this name that is live and ready.
+fn is_ready(pods: &[WorkerPod], name: &str) -> bool {
+    pods.iter()
+        .any(|p| p.name == name && p.ready && p.lifecycle == PodLifecycle::Live)
+}
