@@ -136,7 +136,8 @@ fn http_get_raw(port: u16, path: &str) -> Option<String> {
     Some(response)
 }
 
-fn http_get(port: u16, path: &str) -> Option<String> {
+/// The body of `GET path` on 127.0.0.1:`port` (HTTP/1.0, no client library needed).
+pub fn http_get(port: u16, path: &str) -> Option<String> {
     let response = http_get_raw(port, path)?;
     Some(response.split_once("\r\n\r\n")?.1.to_owned())
 }

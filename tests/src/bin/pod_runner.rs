@@ -29,6 +29,9 @@ struct Cli {
     /// The /24 inside 127.0.0.0/8 that pod IPs are taken from (hosts .2 to .254).
     #[arg(long, default_value = "127.0.0.0/24")]
     pod_cidr: String,
+    /// Bind only pods of this namespace [default: every namespace].
+    #[arg(long)]
+    namespace: Option<String>,
 }
 
 fn parse_bin(value: &str) -> Result<(String, PathBuf), String> {
@@ -56,6 +59,7 @@ async fn main() -> anyhow::Result<()> {
             .state_dir
             .unwrap_or_else(|| std::env::temp_dir().join("streamjob-pod-runner")),
         pod_cidr: cli.pod_cidr,
+        namespace: cli.namespace,
     };
     let kube_config = kube::Config::infer()
         .await

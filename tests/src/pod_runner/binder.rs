@@ -16,7 +16,10 @@ use super::RunnerContext;
 
 /// Binds pods as they appear, until `stop`.
 pub async fn bind_pods(ctx: Arc<RunnerContext>, mut stop: watch::Receiver<bool>) {
-    let api: Api<Pod> = Api::all(ctx.client.clone());
+    let api: Api<Pod> = match &ctx.config.namespace {
+        Some(namespace) => Api::namespaced(ctx.client.clone(), namespace),
+        None => Api::all(ctx.client.clone()),
+    };
     let selector = watcher::Config::default()
         .labels(&ctx.config.selector)
         .fields("spec.nodeName=");

@@ -39,21 +39,43 @@ pub struct PodRunner {
 
 impl PodRunner {
     /// Starts a runner with fresh names; `bins` are its `--bin CONTAINER_PATH=LOCAL_PATH` mappings.
+    /// It binds pods carrying [`Self::pod_labels`].
     pub fn start(bins: &[(&str, &str)]) -> Self {
+        let label_value = unique_name("node");
+        let selector = format!("{TEST_RUNNER_LABEL}={label_value}");
+        Self::start_with(bins, label_value, &selector, None)
+    }
+
+    /// Starts a runner that binds the pods the operator makes (`selector`
+    /// [`super::DEFAULT_SELECTOR`]) in `namespace` only, so tests running at once never
+    /// share pods.
+    pub fn for_namespace(namespace: &str, bins: &[(&str, &str)]) -> Self {
+        let node = unique_name("node");
+        Self::start_with(bins, node, super::DEFAULT_SELECTOR, Some(namespace))
+    }
+
+    fn start_with(
+        bins: &[(&str, &str)],
+        node: String,
+        selector: &str,
+        namespace: Option<&str>,
+    ) -> Self {
         // A /24 per runner: the second octet from the test process, the third counted.
         static NEXT_RANGE: AtomicU8 = AtomicU8::new(0);
         let range = NEXT_RANGE.fetch_add(1, Ordering::Relaxed);
         let pod_cidr = format!("127.{}.{range}.0/24", 1 + std::process::id() % 250);
-        let node = unique_name("node");
         let label_value = node.clone();
         let state_dir = std::env::temp_dir().join(unique_name("streamjob-pod-runner"));
         std::fs::create_dir_all(&state_dir).expect("can create the runner's state dir");
         let mut args = vec![
             format!("--node={node}"),
-            format!("--selector={TEST_RUNNER_LABEL}={label_value}"),
+            format!("--selector={selector}"),
             format!("--pod-cidr={pod_cidr}"),
             format!("--state-dir={}", state_dir.display()),
         ];
+        if let Some(namespace) = namespace {
+            args.push(format!("--namespace={namespace}"));
+        }
         for (container_path, local) in bins {
             args.push(format!("--bin={container_path}={local}"));
         }

@@ -58,6 +58,8 @@ pub struct RunnerConfig {
     pub state_dir: PathBuf,
     /// The /24 inside 127.0.0.0/8 that pod IPs come from.
     pub pod_cidr: String,
+    /// Bind only pods of this namespace (all namespaces when `None`).
+    pub namespace: Option<String>,
 }
 
 /// The directory of pod `namespace/name`: its log, volumes, home and kubeconfig.

@@ -1,0 +1,212 @@
+//! Running `streamjob-operator` from tests, next to a pod runner for its workers, and the
+//! StreamJob manifests and Secrets the tests apply.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use kube::{Api, Client};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::{Value, json};
+use streamjob_operator::api::StreamJob;
+
+use crate::{
+    kube_client,
+    pod_runner::harness::PodRunner,
+    run_ok,
+    scenario::Scenario,
+    wait_for,
+    worker::{free_port, http_get, metric_value, worker_bin},
+    workspace_bin,
+};
+
+/// The image the tests' operator gives workers; the pod runner maps their command to the
+/// locally built worker.
+pub const TEST_WORKER_IMAGE: &str = "streamjob-worker:test";
+
+/// Name of the Secret holding the local S3 server's credentials in a test namespace.
+pub const S3_SECRET: &str = "checkpoint-storage";
+
+/// A running operator process.
+pub struct Operator {
+    child: Child,
+    args: Vec<String>,
+    /// Its metrics port.
+    pub port: u16,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl Operator {
+    /// Starts an operator that reconciles only `namespace`, with `extra` arguments, logging
+    /// to `log`.
+    pub fn start(namespace: &str, extra: &[&str], log: &Path) -> Self {
+        let port = free_port();
+        let mut args = vec![
+            "run".to_owned(),
+            format!("--namespace={namespace}"),
+            format!("--metrics-addr=127.0.0.1:{port}"),
+            format!("--worker-image={TEST_WORKER_IMAGE}"),
+        ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        Self {
+            child: spawn(&args, log),
+            args,
+            port,
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// SIGKILLs the operator and starts it again with the same arguments.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.args, &self.log);
+    }
+
+    /// SIGTERMs the operator and waits for it to exit.
+    pub fn terminate(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The value of one metric series, if the operator answers.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        metric_value(&http_get(self.port, "/metrics")?, series)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn spawn(args: &[String], log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("can open the operator log");
+    Command::new(workspace_bin("streamjob-operator"))
+        .args(args)
+        .env("RUST_LOG", "info,streamjob_operator=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("the operator starts")
+}
+
+/// A pod runner for the operator's worker pods in `namespace`.
+pub fn worker_runner(namespace: &str) -> PodRunner {
+    let worker = worker_bin();
+    PodRunner::for_namespace(
+        namespace,
+        &[(
+            "/usr/local/bin/streamjob-worker",
+            worker.to_str().expect("utf-8 path"),
+        )],
+    )
+}
+
+/// Creates the Secret with the local S3 server's credentials, as a user would for
+/// `spec.checkpoint.secretRef`.
+pub fn create_s3_secret(namespace: &str) {
+    let literal = |name: &str| {
+        let value = std::env::var(name).unwrap_or_else(|_| panic!("{name} is set by the stack"));
+        format!("--from-literal={name}={value}")
+    };
+    run_ok(
+        "kubectl",
+        &[
+            "create",
+            "secret",
+            "generic",
+            S3_SECRET,
+            "-n",
+            namespace,
+            &literal("AWS_ACCESS_KEY_ID"),
+            &literal("AWS_SECRET_ACCESS_KEY"),
+            &literal("AWS_REGION"),
+            &literal("AWS_ENDPOINT"),
+            &literal("AWS_ALLOW_HTTP"),
+        ],
+    );
+}
+
+/// The scenario's job as a manifest for `namespace`, with `parallelism` workers and S3
+/// credentials from [`S3_SECRET`].
+pub fn job_manifest(scenario: &Scenario, namespace: &str, parallelism: i32) -> Value {
+    let yaml = std::fs::read_to_string(&scenario.job_file).expect("the job manifest exists");
+    let mut job: Value = serde_yaml::from_str(&yaml).expect("the job manifest parses");
+    job["metadata"]["namespace"] = json!(namespace);
+    job["spec"]["parallelism"] = json!(parallelism);
+    job["spec"]["checkpoint"]["secretRef"] = json!({ "name": S3_SECRET });
+    job
+}
+
+/// `kubectl apply`s `manifest` (as a user would), saved next to the scenario's logs.
+pub fn kubectl_apply(scenario: &Scenario, manifest: &Value) {
+    let path = scenario.dir.join("applied.yaml");
+    std::fs::write(&path, serde_yaml::to_string(manifest).expect("YAML")).expect("write");
+    run_ok(
+        "kubectl",
+        &[
+            "apply",
+            "--server-side",
+            "-f",
+            path.to_str().expect("utf-8"),
+        ],
+    );
+}
+
+/// Waits until the job's condition `type_` has status `status`; returns the job.
+pub async fn wait_for_condition(
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    status: &str,
+    timeout: Duration,
+) -> StreamJob {
+    let jobs: Api<StreamJob> = Api::namespaced(kube_client().await, namespace);
+    wait_for(
+        &format!("condition {type_}={status} on StreamJob {namespace}/{name}"),
+        timeout,
+        || async {
+            let job = jobs.get(name).await.ok()?;
+            let fresh = job.status.as_ref()?.observed_generation == job.metadata.generation;
+            let holds = job
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == type_ && c.status == status);
+            (fresh && holds).then_some(job)
+        },
+    )
+    .await
+}
+
+/// The job's current state.
+pub async fn get_job(client: &Client, namespace: &str, name: &str) -> StreamJob {
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
+    jobs.get(name).await.expect("the StreamJob exists")
+}
