@@ -63,6 +63,10 @@ struct RunArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
+    /// How often a running job's status (offsets, lag, checkpoints, topic partitions) is
+    /// refreshed, e.g. `30s`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    status_interval: Duration,
     /// Log format.
     #[arg(long, env = "STREAMJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -72,6 +76,12 @@ struct RunArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    text.parse::<kube::core::Duration>()
+        .map(Into::into)
+        .map_err(|e| e.to_string())
 }
 
 fn init_logging(format: LogFormat) {
@@ -155,6 +165,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         identity,
         concurrency: args.concurrency,
+        status_interval: args.status_interval,
     };
     tracing::info!(namespace = ?options.namespace, "starting the StreamJob controller");
     let controller = controller::run(client, options, metrics.clone(), stopped(stop_rx.clone()));

@@ -140,6 +140,8 @@ pub struct Context {
     pruned: Mutex<HashSet<(String, i64)>>,
     /// Consecutive failures per job uid, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// How often a running job is looked at again.
+    status_interval: Duration,
 }
 
 /// How the controller is run.
@@ -152,6 +154,8 @@ pub struct ControllerOptions {
     pub identity: String,
     /// Reconciles running at once.
     pub concurrency: u16,
+    /// How often a running job's status (offsets, lag, checkpoints, topic size) is refreshed.
+    pub status_interval: Duration,
 }
 
 /// Runs the controller until `shutdown` resolves.
@@ -194,6 +198,7 @@ pub async fn run(
         metrics,
         pruned: Mutex::default(),
         failures: Mutex::default(),
+        status_interval: options.status_interval,
     });
 
     let owned = |client: &Client| -> (Api<Deployment>, Api<ConfigMap>, Api<Service>) {
@@ -380,7 +385,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
     Ok(if blocker.is_some() {
         Action::requeue(Duration::from_secs(60))
     } else if ready {
-        Action::requeue(Duration::from_secs(30))
+        Action::requeue(ctx.status_interval)
     } else {
         Action::requeue(Duration::from_secs(5))
     })

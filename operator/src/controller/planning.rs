@@ -51,7 +51,8 @@ pub struct PlanInput<'a> {
     pub pods: &'a [WorkerPod],
 }
 
-/// The plan to publish. The epoch grows only when the assignment changes.
+/// The plan to publish. The epoch grows only when the assignment changes; epoch 0 means no
+/// partition has ever had an owner.
 pub fn next_plan(input: &PlanInput<'_>) -> Plan {
     let previous = input
         .previous
@@ -59,8 +60,10 @@ pub fn next_plan(input: &PlanInput<'_>) -> Plan {
         .unwrap_or_default();
     let assignment = next_assignment(&previous, input.partitions, input.pods);
     let last_epoch = input.last_epoch.max(input.previous.map_or(0, |p| p.epoch));
-    let epoch = if input.previous.is_some() && normalized(&previous) == normalized(&assignment) {
-        last_epoch.max(1)
+    // No plan yet counts as an empty assignment: a job whose pods do not exist yet stays in
+    // epoch 0 (nothing owned), and its first owners start epoch 1.
+    let epoch = if normalized(&previous) == normalized(&assignment) {
+        last_epoch
     } else {
         last_epoch + 1
     };
@@ -191,6 +194,15 @@ mod tests {
         let again = plan_for(Some(&first), 1, 4, &live(&["a", "b"]));
         assert_eq!(again.epoch, 1);
         assert_eq!(again, first);
+    }
+
+    #[test]
+    fn a_job_without_pods_yet_stays_in_epoch_zero() {
+        let plan = plan_for(None, 0, 4, &[]);
+        assert_eq!(plan.epoch, 0);
+        assert!(plan.assignment.is_empty());
+        let first = plan_for(Some(&plan), 0, 4, &live(&["a"]));
+        assert_eq!(first.epoch, 1);
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub fn transitions(
     };
     let mut events = Vec::new();
     if let (Some(epoch), Some(plan)) = (after.epoch, plan) {
-        if before.epoch != Some(epoch) {
+        if before.epoch != Some(epoch) && epoch > 0 {
             let owners: Vec<String> = plan
                 .assignment
                 .iter()
@@ -142,6 +142,15 @@ pub fn transitions(
         ));
     }
     events
+}
+
+/// `n thing` or `n things`.
+fn count_of(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
 }
 
 /// The condition `type_` of `status`, if it is true.
@@ -257,8 +266,12 @@ fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, 
     match waiting {
         None => {
             let idle = wanted.saturating_sub(usize::try_from(partitions).unwrap_or(0));
-            let mut message =
-                format!("{live} workers run {partitions} partitions in epoch {epoch}");
+            let mut message = format!(
+                "{} {} {} in epoch {epoch}",
+                count_of(live, "worker"),
+                if live == 1 { "runs" } else { "run" },
+                count_of(usize::try_from(partitions).unwrap_or(0), "partition"),
+            );
             if idle > 0 {
                 message.push_str(&format!(
                     "; {idle} workers are idle: the topic has only {partitions} partitions"
@@ -335,4 +348,206 @@ fn last_checkpoint(observed: &Observed) -> Option<CheckpointSummary> {
 fn is_ready(pods: &[WorkerPod], name: &str) -> bool {
     pods.iter()
         .any(|p| p.name == name && p.ready && p.lifecycle == PodLifecycle::Live)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::kafka::TopicInfo;
+
+    fn pod(name: &str, ready: bool, lifecycle: PodLifecycle) -> WorkerPod {
+        WorkerPod {
+            name: name.into(),
+            lifecycle,
+            ready,
+        }
+    }
+
+    fn observed(pods: Vec<WorkerPod>) -> Observed {
+        Observed {
+            pods,
+            plan: None,
+            topic: Ok(TopicInfo {
+                partitions: 2,
+                end_offsets: BTreeMap::from([(0, 10), (1, 4)]),
+            }),
+            missing_secrets: vec![],
+            checkpoints: BTreeMap::new(),
+        }
+    }
+
+    fn plan(assignment: &[(&str, &[i32])]) -> Plan {
+        Plan {
+            job: streamjob_worker::plan::JobRef {
+                namespace: "ns".into(),
+                name: "clicks".into(),
+            },
+            epoch: 3,
+            spec: StreamJob::test("clicks").spec,
+            assignment: assignment
+                .iter()
+                .map(|(pod, ps)| ((*pod).to_owned(), ps.to_vec()))
+                .collect(),
+            restore: BTreeMap::new(),
+        }
+    }
+
+    fn condition<'a>(status: &'a StreamJobStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    fn now() -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    #[test]
+    fn every_partition_owned_by_a_ready_worker_is_ready() {
+        let mut job = StreamJob::test("clicks").parallelism(2);
+        job.metadata.generation = Some(4);
+        let observed = observed(vec![
+            pod("a", true, PodLifecycle::Live),
+            pod("b", true, PodLifecycle::Live),
+        ]);
+        let plan = plan(&[("a", &[0]), ("b", &[1])]);
+        let status = status(&StatusInput {
+            job: &job,
+            observed: &observed,
+            plan: Some(&plan),
+            blocker: None,
+            now: now(),
+        });
+        assert_eq!(status.phase, Some(Phase::Running));
+        assert_eq!(status.observed_generation, Some(4));
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Running")
+        );
+        assert_eq!(ready.message, "2 workers run 2 partitions in epoch 3");
+        assert_eq!(ready.observed_generation, Some(4));
+        assert_eq!(condition(&status, "Reconciling").status, "False");
+        assert_eq!(condition(&status, "Stalled").status, "False");
+        assert_eq!(status.epoch, Some(3));
+        assert_eq!(status.assignment[0].pod.as_deref(), Some("a"));
+        assert_eq!(
+            status.assignment[1].lag, None,
+            "no checkpoint, no lag figure"
+        );
+    }
+
+    #[test]
+    fn an_unready_owner_keeps_the_job_reconciling() {
+        let job = StreamJob::test("clicks").parallelism(2);
+        let observed = observed(vec![
+            pod("a", true, PodLifecycle::Live),
+            pod("b", false, PodLifecycle::Live),
+        ]);
+        let plan = plan(&[("a", &[0]), ("b", &[1])]);
+        let status = status(&StatusInput {
+            job: &job,
+            observed: &observed,
+            plan: Some(&plan),
+            blocker: None,
+            now: now(),
+        });
+        assert_eq!(status.phase, Some(Phase::Pending));
+        let reconciling = condition(&status, "Reconciling");
+        assert_eq!(reconciling.status, "True");
+        assert_eq!(reconciling.reason, "WorkersStarting");
+        assert_eq!(reconciling.message, "1 of 2 workers are ready");
+        assert_eq!(condition(&status, "Ready").status, "False");
+    }
+
+    #[test]
+    fn a_blocker_stalls_the_job_and_names_the_problem() {
+        let job = StreamJob::test("clicks");
+        let observed = observed(vec![]);
+        let blocker = Blocker::new("InvalidPipeline", "spec.pipeline[0]: bad");
+        let status = status(&StatusInput {
+            job: &job,
+            observed: &observed,
+            plan: None,
+            blocker: Some(&blocker),
+            now: now(),
+        });
+        assert_eq!(status.phase, Some(Phase::Failed));
+        let stalled = condition(&status, "Stalled");
+        assert_eq!(stalled.status, "True");
+        assert_eq!(stalled.message, "spec.pipeline[0]: bad");
+        assert_eq!(condition(&status, "Reconciling").status, "False");
+
+        let events = transitions(&StreamJobStatus::default(), &status, None);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].type_, EventType::Warning);
+        assert_eq!(events[0].reason, "InvalidPipeline");
+    }
+
+    #[test]
+    fn a_suspended_job_is_ready_once_its_workers_are_gone() {
+        let job = StreamJob::test("clicks").state(JobState::Suspended);
+        let stopping = observed(vec![pod("a", true, PodLifecycle::Terminating)]);
+        let status_stopping = status(&StatusInput {
+            job: &job,
+            observed: &stopping,
+            plan: None,
+            blocker: None,
+            now: now(),
+        });
+        assert_eq!(
+            condition(&status_stopping, "Reconciling").reason,
+            "Suspending"
+        );
+        let stopped = observed(vec![]);
+        let status_stopped = status(&StatusInput {
+            job: &job,
+            observed: &stopped,
+            plan: None,
+            blocker: None,
+            now: now(),
+        });
+        assert_eq!(status_stopped.phase, Some(Phase::Suspended));
+        assert_eq!(condition(&status_stopped, "Ready").status, "True");
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_it_holds() {
+        let mut job = StreamJob::test("clicks");
+        let observed = observed(vec![pod("a", true, PodLifecycle::Live)]);
+        let plan = plan(&[("a", &[0, 1])]);
+        let input = |job: &StreamJob, now| {
+            status(&StatusInput {
+                job,
+                observed: &observed,
+                plan: Some(&plan),
+                blocker: None,
+                now,
+            })
+        };
+        let first = input(&job, now());
+        job.status = Some(first.clone());
+        let later = input(&job, now() + jiff::SignedDuration::from_secs(60));
+        assert_eq!(
+            condition(&later, "Ready").last_transition_time,
+            condition(&first, "Ready").last_transition_time
+        );
+        assert!(transitions(&first, &later, Some(&plan)).is_empty());
+    }
+
+    #[test]
+    fn a_new_epoch_is_announced_with_its_owners() {
+        let plan = plan(&[("a", &[0]), ("b", &[1])]);
+        let before = StreamJobStatus {
+            epoch: Some(2),
+            ..Default::default()
+        };
+        let after = StreamJobStatus {
+            epoch: Some(3),
+            ..Default::default()
+        };
+        let events = transitions(&before, &after, Some(&plan));
+        assert_eq!(events[0].reason, "PlanPublished");
+        assert_eq!(events[0].note, "epoch 3: a [0], b [1]");
+    }
 }
