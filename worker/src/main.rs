@@ -1,27 +1,17 @@
 //! `streamjob-worker`: runs a StreamJob's partitions.
 
-use std::{
-    io::IsTerminal,
-    net::SocketAddr,
-    path::PathBuf,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use streamjob_worker::{
-    checkpoint::CheckpointStore,
-    engine::{self, EngineContext, EngineExit, Readiness},
+    engine::Readiness,
     kafka,
-    paths::JobPaths,
-    pipeline::Pipeline,
     plan::{self, Plan, STANDALONE_POD},
-    storage,
+    plan_watch::{self, PlanConfigMap, PlanFeed},
+    supervisor::{PreparedPlan, Supervisor},
 };
+use tokio::sync::watch;
 
 #[derive(Parser)]
 #[command(
@@ -41,13 +31,20 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(group(ArgGroup::new("plan_source").required(true).args(["plan", "job", "plan_configmap"])))]
 struct RunArgs {
     /// Plan file (YAML or JSON) naming this pod's partitions.
-    #[arg(long, conflicts_with = "job", required_unless_present = "job")]
+    #[arg(long)]
     plan: Option<PathBuf>,
     /// StreamJob manifest: run every partition of its topic in this process.
     #[arg(long)]
     job: Option<PathBuf>,
+    /// ConfigMap holding the plan (`data["plan.yaml"]`), followed as the operator updates it.
+    #[arg(long, env = "STREAMJOB_PLAN_CONFIGMAP")]
+    plan_configmap: Option<String>,
+    /// Namespace of the plan ConfigMap (default: the kube client's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    namespace: Option<String>,
     /// This worker's pod name (the plan's assignment key).
     #[arg(long, env = "POD_NAME", default_value = STANDALONE_POD)]
     pod: String,
@@ -98,68 +95,76 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => kafka::load_properties(dir)?,
         None => Default::default(),
     };
-    let plan = match (&args.plan, &args.job) {
-        (Some(path), _) => Plan::load(path)?,
-        (None, Some(path)) => {
-            let job = plan::load_job(path)?;
-            let source = &job.spec.source.kafka;
-            let partitions =
-                kafka::partition_count(&source.bootstrap_servers, &source.topic, &kafka_props)?;
-            Plan::standalone(job, partitions)?
-        }
-        (None, None) => anyhow::bail!("--plan or --job is required"),
-    };
-    let pipeline = Arc::new(Pipeline::compile(&plan.spec.pipeline).context("invalid pipeline")?);
-    let storage = storage::open(&plan.spec.checkpoint.storage)?;
-    let paths = JobPaths::new(&storage.prefix, &plan.job.namespace, &plan.job.name);
-    let store = CheckpointStore::new(storage, paths);
-
     let readiness = Arc::new(Readiness::default());
     let http = tokio::spawn(streamjob_worker::http::serve(
         args.metrics_addr,
         readiness.clone(),
     ));
-    let stop = Arc::new(AtomicBool::new(false));
-    tokio::spawn(stop_on_signal(stop.clone()));
+    let (stop_tx, mut shutdown) = watch::channel(false);
+    tokio::spawn(stop_on_signal(stop_tx));
+    let supervisor = Supervisor {
+        pod: args.pod.clone(),
+        kafka_props,
+        readiness,
+        shutdown_deadline: args.shutdown_deadline,
+    };
 
-    loop {
-        let ctx = EngineContext {
-            plan: plan.clone(),
-            pod: args.pod.clone(),
-            pipeline: pipeline.clone(),
-            store: store.clone(),
-            kafka_props: kafka_props.clone(),
-            readiness: readiness.clone(),
-            stop: stop.clone(),
-            shutdown_deadline: args.shutdown_deadline,
-        };
-        match engine::run(ctx).await {
-            Ok(EngineExit::Stopped {
-                final_checkpoint_complete,
-            }) => {
-                tracing::info!(final_checkpoint_complete, "worker stopped");
-                break;
-            }
-            Ok(EngineExit::Rewind(reason)) => {
-                tracing::warn!(%reason, "restarting from the last checkpoints");
-            }
-            Err(error) => {
-                if stop.load(Ordering::Acquire) {
-                    return Err(error).context("worker failed while stopping");
+    let (first, plans) = match (&args.plan, &args.job, &args.plan_configmap) {
+        (_, _, Some(name)) => {
+            let client = kube::Client::try_default()
+                .await
+                .context("cannot build a Kubernetes client")?;
+            let source = PlanConfigMap {
+                namespace: args
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| client.default_namespace().to_owned()),
+                name: name.clone(),
+            };
+            tracing::info!(
+                configmap = %source.name,
+                namespace = %source.namespace,
+                "waiting for the plan"
+            );
+            let (plans_tx, mut plans) = watch::channel(None);
+            tokio::spawn(plan_watch::follow(client, source, plans_tx));
+            match supervisor.first_plan(&mut plans, &mut shutdown).await {
+                Some(first) => (first, plans),
+                None => {
+                    tracing::info!("stopped before any plan arrived");
+                    return Ok(());
                 }
-                tracing::error!(%error, "worker failed; retrying in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
             }
         }
-        if stop.load(Ordering::Acquire) {
-            break;
+        (Some(path), _, _) => fixed(Plan::load(path)?)?,
+        (None, Some(path), _) => {
+            let job = plan::load_job(path)?;
+            let source = &job.spec.source.kafka;
+            let partitions = kafka::partition_count(
+                &source.bootstrap_servers,
+                &source.topic,
+                &supervisor.kafka_props,
+            )?;
+            fixed(Plan::standalone(job, partitions)?)?
         }
-    }
+        (None, None, None) => anyhow::bail!("--plan, --job or --plan-configmap is required"),
+    };
+    supervisor
+        .run(first, plans, shutdown)
+        .await
+        .context("worker failed while stopping")?;
     http.abort();
     Ok(())
 }
 
-async fn stop_on_signal(stop: Arc<AtomicBool>) {
+/// A plan given once (`--plan`, `--job`), and a feed that never brings another. A plan that
+/// cannot run ends the process.
+fn fixed(plan: Plan) -> anyhow::Result<(PreparedPlan, PlanFeed)> {
+    let (_, no_more_plans) = watch::channel(None);
+    Ok((PreparedPlan::new(Arc::new(plan))?, no_more_plans))
+}
+
+async fn stop_on_signal(stop: watch::Sender<bool>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -172,5 +177,5 @@ async fn stop_on_signal(stop: Arc<AtomicBool>) {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
-    stop.store(true, Ordering::Release);
+    stop.send_replace(true);
 }

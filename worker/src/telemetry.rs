@@ -27,6 +27,13 @@ pub struct DeadLetterLabels {
     pub kind: String,
 }
 
+/// Labels of plan error series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PlanErrorLabels {
+    /// Why (`missing`, `invalid`, `wrong_job`, `stale`, `watch`, `pipeline`, `storage`).
+    pub reason: &'static str,
+}
+
 /// The worker's Prometheus metrics.
 pub struct Metrics {
     registry: Registry,
@@ -43,6 +50,9 @@ pub struct Metrics {
     checkpoint_duration: Histogram,
     checkpoint_size: Histogram,
     snapshots_rejected: Counter,
+    plan_errors: Family<PlanErrorLabels, Counter>,
+    plan_epoch: Gauge,
+    runs: Counter,
 }
 
 impl Metrics {
@@ -66,6 +76,9 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(256.0, 4.0, 12),
             ),
             snapshots_rejected: Counter::default(),
+            plan_errors: Family::default(),
+            plan_epoch: Gauge::default(),
+            runs: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -132,6 +145,22 @@ impl Metrics {
             "snapshots_rejected",
             "Damaged snapshots skipped at restore",
             metrics.snapshots_rejected.clone(),
+        );
+        registry.register(
+            "plan_errors",
+            "Plans refused: missing, invalid, for another job, stale, or not runnable",
+            metrics.plan_errors.clone(),
+        );
+        registry.register(
+            "plan_epoch",
+            "Epoch of the newest plan this worker follows",
+            metrics.plan_epoch.clone(),
+        );
+        registry.register(
+            "runs",
+            "Engine runs started: for the first plan, each plan that changes this pod's work, \
+             and each restart from the checkpoints",
+            metrics.runs.clone(),
         );
         Self {
             registry,
@@ -355,6 +384,86 @@ impl Event for PartitionRestored {
     }
 }
 
+/// A plan was refused; the worker keeps running what it runs.
+pub struct PlanRejected<'a> {
+    /// Short reason, the metric label.
+    pub reason: &'static str,
+    /// The refused plan's epoch, when it has one.
+    pub epoch: Option<u64>,
+    /// Why, for people.
+    pub error: &'a str,
+}
+
+impl Event for PlanRejected<'_> {
+    fn emit(self) {
+        match self.reason {
+            // The operator validates pipelines and storage before publishing them, so a plan
+            // that cannot run is a bug or a version skew, not an expected state.
+            "pipeline" | "storage" => tracing::error!(
+                reason = self.reason,
+                epoch = self.epoch,
+                error = self.error,
+                "plan cannot run; the worker goes on with what it runs"
+            ),
+            _ => tracing::warn!(
+                reason = self.reason,
+                epoch = self.epoch,
+                error = self.error,
+                "plan refused; the worker goes on with what it runs"
+            ),
+        }
+        Metrics::global()
+            .plan_errors
+            .get_or_create(&PlanErrorLabels {
+                reason: self.reason,
+            })
+            .inc();
+    }
+}
+
+/// An engine run started this pod's share of a plan (possibly no partitions at all).
+pub struct PlanRunning<'a> {
+    /// This pod.
+    pub pod: &'a str,
+    /// The plan's epoch.
+    pub epoch: u64,
+    /// The partitions it runs.
+    pub partitions: &'a [i32],
+}
+
+impl Event for PlanRunning<'_> {
+    fn emit(self) {
+        tracing::info!(
+            pod = %self.pod,
+            epoch = self.epoch,
+            partitions = ?self.partitions,
+            "worker running"
+        );
+        let m = Metrics::global();
+        m.plan_epoch.set(self.epoch as i64);
+        m.runs.inc();
+    }
+}
+
+/// A new plan leaves this pod's work as it is: the current run goes on.
+pub struct PlanKept {
+    /// The new plan's epoch.
+    pub epoch: u64,
+    /// The epoch of the plan it replaces.
+    pub previous: u64,
+}
+
+impl Event for PlanKept {
+    fn emit(self) {
+        tracing::info!(
+            epoch = self.epoch,
+            previous_epoch = self.previous,
+            "new plan leaves this pod's partitions and processing unchanged; keeps running"
+        );
+        Metrics::global().plan_epoch.set(self.epoch as i64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +498,27 @@ mod tests {
         assert!(text.contains(
             r#"streamjob_records_dead_lettered_total{partition="9101",kind="invalid_json"} 1"#
         ));
+    }
+
+    #[test]
+    fn plan_events_count_refusals_by_reason_and_show_the_epoch() {
+        PlanRejected {
+            reason: "test_reason",
+            epoch: None,
+            error: "x",
+        }
+        .emit();
+        PlanRunning {
+            pod: "a",
+            epoch: 7,
+            partitions: &[0],
+        }
+        .emit();
+        let text = Metrics::global().encode();
+        assert!(
+            text.contains(r#"streamjob_plan_errors_total{reason="test_reason"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("streamjob_plan_epoch 7"), "{text}");
     }
 }

@@ -29,7 +29,7 @@ use crate::{
     pipeline::{PartitionState, Pipeline},
     plan::{Plan, RestoreSource},
     snapshot::{SnapshotHeader, SnapshotId},
-    telemetry::{Event, PartitionRestored, RecordsProcessed},
+    telemetry::{Event, PartitionRestored, PlanRunning, RecordsProcessed},
     uploader::UploadRequest,
 };
 
@@ -114,7 +114,8 @@ pub struct EngineContext {
     pub kafka_props: BTreeMap<String, String>,
     /// Readiness reported on `/readyz`.
     pub readiness: Arc<Readiness>,
-    /// Set to stop the engine (SIGTERM, new plan).
+    /// Set to stop this run (SIGTERM, or a plan that changes this pod's work); each run has
+    /// its own.
     pub stop: Arc<AtomicBool>,
     /// Time allowed for the final flush and checkpoint after a stop.
     pub shutdown_deadline: Duration,
@@ -201,12 +202,12 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
     };
 
     ctx.readiness.set(true);
-    tracing::info!(
-        pod = %ctx.pod,
-        epoch = ctx.plan.epoch,
-        partitions = ?partitions,
-        "worker running"
-    );
+    PlanRunning {
+        pod: &ctx.pod,
+        epoch: ctx.plan.epoch,
+        partitions: &partitions,
+    }
+    .emit();
 
     let process = ProcessLoop {
         plan: ctx.plan.clone(),
