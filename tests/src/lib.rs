@@ -81,6 +81,22 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Stops `child` with SIGTERM, waits up to `grace` for it to exit, then SIGKILLs it.
+pub fn terminate_child(child: &mut std::process::Child, grace: Duration) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A name unique to this test process, for namespaces, topics and releases.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

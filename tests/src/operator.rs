@@ -4,23 +4,19 @@
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use kube::{Api, Client};
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
 use serde_json::{Value, json};
 use streamjob_operator::api::StreamJob;
 
 use crate::{
-    kube_client,
+    TempNamespace, ensure_crd, kube_client,
     pod_runner::harness::PodRunner,
     run_ok,
     scenario::Scenario,
-    wait_for,
+    temp_namespace, terminate_child, wait_for,
     worker::{free_port, http_get, metric_value, worker_bin},
     workspace_bin,
 };
@@ -52,6 +48,7 @@ impl Operator {
             format!("--namespace={namespace}"),
             format!("--metrics-addr=127.0.0.1:{port}"),
             format!("--worker-image={TEST_WORKER_IMAGE}"),
+            "--status-interval=2s".to_owned(),
         ];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         Self {
@@ -71,15 +68,7 @@ impl Operator {
 
     /// SIGTERMs the operator and waits for it to exit.
     pub fn terminate(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate_child(&mut self.child, Duration::from_secs(20));
     }
 
     /// Whether the process still runs.
@@ -209,4 +198,43 @@ pub async fn wait_for_condition(
 pub async fn get_job(client: &Client, namespace: &str, name: &str) -> StreamJob {
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
     jobs.get(name).await.expect("the StreamJob exists")
+}
+
+/// One operator test's world: a namespace holding the S3 Secret, a scenario's topics, a pod
+/// runner for the namespace's workers and an operator reconciling the namespace. Dropped in
+/// that order reversed: operator, runner (its pods go), namespace.
+pub struct OperatorFixture {
+    /// The operator.
+    pub operator: Operator,
+    _runner: PodRunner,
+    /// Topics, job manifest and expected output.
+    pub scenario: Scenario,
+    /// Admin client.
+    pub client: Client,
+    namespace: TempNamespace,
+}
+
+impl OperatorFixture {
+    /// Sets up a world for the scenario named after `prefix`.
+    pub async fn start(prefix: &str) -> Self {
+        let client = kube_client().await;
+        ensure_crd(&client).await;
+        let namespace = temp_namespace(&format!("op-{prefix}"));
+        create_s3_secret(&namespace.name);
+        let scenario = Scenario::new(prefix).await;
+        let runner = worker_runner(&namespace.name);
+        let operator = Operator::start(&namespace.name, &[], &scenario.dir.join("operator.log"));
+        Self {
+            operator,
+            _runner: runner,
+            scenario,
+            client,
+            namespace,
+        }
+    }
+
+    /// The test namespace.
+    pub fn ns(&self) -> &str {
+        &self.namespace.name
+    }
 }

@@ -127,8 +127,12 @@ impl Drop for Worker {
 }
 
 fn http_get_raw(port: u16, path: &str) -> Option<String> {
+    http_get_raw_from("127.0.0.1", port, path)
+}
+
+fn http_get_raw_from(host: &str, port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut stream = std::net::TcpStream::connect((host, port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
@@ -138,7 +142,12 @@ fn http_get_raw(port: u16, path: &str) -> Option<String> {
 
 /// The body of `GET path` on 127.0.0.1:`port` (HTTP/1.0, no client library needed).
 pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let response = http_get_raw(port, path)?;
+    http_get_from("127.0.0.1", port, path)
+}
+
+/// The body of `GET path` on `host`:`port` (a pod's IP, say).
+pub fn http_get_from(host: &str, port: u16, path: &str) -> Option<String> {
+    let response = http_get_raw_from(host, port, path)?;
     Some(response.split_once("\r\n\r\n")?.1.to_owned())
 }
 
@@ -275,4 +284,45 @@ pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<Consumed> {
         }
     }
     out
+}
+
+/// Grows `topic` to `partitions` partitions.
+pub async fn add_partitions(bootstrap: &str, topic: &str, partitions: usize) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_partitions(
+            &[rdkafka::admin::NewPartitions::new(topic, partitions)],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_partitions");
+    for result in results {
+        result.unwrap_or_else(|(t, e)| panic!("adding partitions to {t} failed: {e}"));
+    }
+}
+
+/// The local S3 server's bucket, configured from the stack's environment.
+pub fn s3_store() -> object_store::aws::AmazonS3 {
+    object_store::aws::AmazonS3Builder::from_env()
+        .with_bucket_name(crate::stack_env().s3_bucket)
+        .build()
+        .expect("the stack's S3 settings are valid")
+}
+
+/// Every object under `prefix`.
+pub async fn list_objects(
+    store: &object_store::aws::AmazonS3,
+    prefix: &object_store::path::Path,
+) -> Vec<object_store::path::Path> {
+    use futures::TryStreamExt as _;
+    use object_store::ObjectStore as _;
+    store
+        .list(Some(prefix))
+        .map_ok(|meta| meta.location)
+        .try_collect()
+        .await
+        .expect("listing the bucket works")
 }

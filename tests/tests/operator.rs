@@ -20,13 +20,13 @@ use streamjob_operator::api::{JobState, Phase};
 use streamjob_tests::{
     ensure_crd, kube_client,
     operator::{
-        Operator, create_s3_secret, get_job, job_manifest, kubectl_apply, wait_for_condition,
-        worker_runner,
+        Operator, OperatorFixture, create_s3_secret, get_job, job_manifest, kubectl_apply,
+        wait_for_condition,
     },
     run, run_ok,
     scenario::{Scenario, assert_only_reference_emissions, expected, generate},
     temp_namespace, wait_for,
-    worker::{produce, producer},
+    worker::{http_get_from, metric_value, produce, producer},
 };
 use streamjob_worker::plan::Plan;
 
@@ -47,15 +47,10 @@ fn worker_pods_selector(job: &str) -> String {
 
 #[tokio::test]
 async fn a_job_runs_end_to_end_with_its_children_status_and_rbac() {
-    let client = kube_client().await;
-    ensure_crd(&client).await;
-    let ns = temp_namespace("op-e2e");
-    let n = ns.name.as_str();
-    create_s3_secret(n);
-    let scenario = Scenario::new("e2e").await;
-    let _runner = worker_runner(n);
-    let _operator = Operator::start(n, &[], &scenario.dir.join("operator.log"));
-    kubectl_apply(&scenario, &job_manifest(&scenario, n, 2));
+    let f = OperatorFixture::start("e2e").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    kubectl_apply(scenario, &job_manifest(scenario, n, 2));
 
     run_ok(
         "kubectl",
@@ -135,6 +130,23 @@ async fn a_job_runs_end_to_end_with_its_children_status_and_rbac() {
             .all(|p| p.pod.as_ref().is_some_and(|pod| pod_names.contains(pod)))
     );
 
+    // Each transition is a Kubernetes Event on the job.
+    let reasons = run_ok(
+        "kubectl",
+        &[
+            "get",
+            "events",
+            "-n",
+            n,
+            "--field-selector",
+            &format!("involvedObject.kind=StreamJob,involvedObject.name={name}"),
+            "-o",
+            "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+        ],
+    );
+    assert!(reasons.lines().any(|r| r == "PlanPublished"), "{reasons}");
+    assert!(reasons.lines().any(|r| r == "Running"), "{reasons}");
+
     // The workers' ServiceAccount may read its own plan, nothing else.
     let sa = format!("system:serviceaccount:{n}:{name}-worker");
     let can_i = |verb: &str, what: &str| {
@@ -160,30 +172,29 @@ async fn a_job_runs_end_to_end_with_its_children_status_and_rbac() {
 
     // Checkpoints reach status (read from S3; status refreshes every 30 s while ready).
     let per_partition = |p: i32| events.iter().filter(|e| e.partition == p).count();
-    wait_for("checkpointed offsets in status", Duration::from_secs(90), || async {
-        let job = get_job(&client, n, name).await;
-        let status = job.status?;
-        let caught_up = status.assignment.iter().all(|p| {
-            p.committed_offset == i64::try_from(per_partition(p.partition)).ok()
-                && p.lag == Some(0)
-                && p.last_checkpoint.is_some()
-        });
-        (status.last_checkpoint?.partitions == 4 && caught_up).then_some(())
-    })
+    wait_for(
+        "checkpointed offsets in status",
+        Duration::from_secs(90),
+        || async {
+            let job = get_job(&client, n, name).await;
+            let status = job.status?;
+            let caught_up = status.assignment.iter().all(|p| {
+                p.committed_offset == i64::try_from(per_partition(p.partition)).ok()
+                    && p.lag == Some(0)
+                    && p.last_checkpoint.is_some()
+            });
+            (status.last_checkpoint?.partitions == 4 && caught_up).then_some(())
+        },
+    )
     .await;
 }
 
 #[tokio::test]
 async fn a_deleted_pod_hands_its_partitions_to_the_replacement_without_loss() {
-    let client = kube_client().await;
-    ensure_crd(&client).await;
-    let ns = temp_namespace("op-pod-loss");
-    let n = ns.name.as_str();
-    create_s3_secret(n);
-    let scenario = Scenario::new("podloss").await;
-    let _runner = worker_runner(n);
-    let _operator = Operator::start(n, &[], &scenario.dir.join("operator.log"));
-    kubectl_apply(&scenario, &job_manifest(&scenario, n, 2));
+    let f = OperatorFixture::start("podloss").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    kubectl_apply(scenario, &job_manifest(scenario, n, 2));
     let name = &scenario.name;
     let ready = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
     let first_epoch = ready.status.unwrap().epoch.unwrap();
@@ -239,23 +250,18 @@ async fn a_deleted_pod_hands_its_partitions_to_the_replacement_without_loss() {
 
 #[tokio::test]
 async fn an_invalid_pipeline_stalls_while_the_running_workers_keep_going() {
-    let client = kube_client().await;
-    ensure_crd(&client).await;
-    let ns = temp_namespace("op-stall");
-    let n = ns.name.as_str();
-    create_s3_secret(n);
-    let scenario = Scenario::new("stall").await;
-    let _runner = worker_runner(n);
-    let _operator = Operator::start(n, &[], &scenario.dir.join("operator.log"));
-    let mut manifest = job_manifest(&scenario, n, 1);
-    kubectl_apply(&scenario, &manifest);
+    let f = OperatorFixture::start("stall").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    let mut manifest = job_manifest(scenario, n, 1);
+    kubectl_apply(scenario, &manifest);
     let name = &scenario.name;
     wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
     let plans: Api<ConfigMap> = Api::namespaced(client.clone(), n);
     let plan_before = plan_of(&plans.get(&format!("{name}-plan")).await.unwrap());
 
     manifest["spec"]["pipeline"][0]["filter"] = json!(".type == ");
-    kubectl_apply(&scenario, &manifest);
+    kubectl_apply(scenario, &manifest);
     let stalled = wait_for_condition(n, name, "Stalled", "True", Duration::from_secs(60)).await;
     let condition = stalled
         .status
@@ -287,7 +293,7 @@ async fn an_invalid_pipeline_stalls_while_the_running_workers_keep_going() {
 
     // Fixing the spec clears the condition.
     manifest["spec"]["pipeline"][0]["filter"] = json!(".type == \"click\"");
-    kubectl_apply(&scenario, &manifest);
+    kubectl_apply(scenario, &manifest);
     wait_for_condition(n, name, "Stalled", "False", Duration::from_secs(60)).await;
 }
 
@@ -297,13 +303,14 @@ async fn what_the_api_server_cannot_check_ends_in_a_stalled_condition_naming_it(
     ensure_crd(&client).await;
     let ns = temp_namespace("op-env");
     let n = ns.name.as_str();
-    let scenario = Scenario::new("env").await;
+    let scenario = &Scenario::new("env").await;
     let _operator = Operator::start(n, &[], &scenario.dir.join("operator.log"));
     let name = &scenario.name;
 
-    // The storage Secret does not exist.
-    let manifest = job_manifest(&scenario, n, 1);
-    kubectl_apply(&scenario, &manifest);
+    // The storage Secret does not exist (and Kafka cannot be reached: Secrets come first).
+    let mut manifest = job_manifest(scenario, n, 1);
+    manifest["spec"]["source"]["kafka"]["bootstrapServers"] = json!("127.0.0.1:1");
+    kubectl_apply(scenario, &manifest);
     let job = wait_for_condition(n, name, "Stalled", "True", Duration::from_secs(60)).await;
     let stalled = job
         .status
@@ -319,11 +326,11 @@ async fn what_the_api_server_cannot_check_ends_in_a_stalled_condition_naming_it(
         stalled.message
     );
 
-    // Kafka cannot be reached.
+    // With the Secret there, Kafka is the problem (a spec change triggers the reconcile;
+    // otherwise the next one comes within a minute).
     create_s3_secret(n);
-    let mut manifest = manifest;
-    manifest["spec"]["source"]["kafka"]["bootstrapServers"] = json!("127.0.0.1:1");
-    kubectl_apply(&scenario, &manifest);
+    manifest["spec"]["parallelism"] = json!(2);
+    kubectl_apply(scenario, &manifest);
     let job = wait_for_condition(n, name, "Stalled", "True", Duration::from_secs(60)).await;
     let stalled = job
         .status
@@ -352,16 +359,11 @@ async fn what_the_api_server_cannot_check_ends_in_a_stalled_condition_naming_it(
 
 #[tokio::test]
 async fn suspend_stops_the_workers_and_resume_continues_without_loss() {
-    let client = kube_client().await;
-    ensure_crd(&client).await;
-    let ns = temp_namespace("op-suspend");
-    let n = ns.name.as_str();
-    create_s3_secret(n);
-    let scenario = Scenario::new("suspend").await;
-    let _runner = worker_runner(n);
-    let _operator = Operator::start(n, &[], &scenario.dir.join("operator.log"));
-    let mut manifest = job_manifest(&scenario, n, 2);
-    kubectl_apply(&scenario, &manifest);
+    let f = OperatorFixture::start("suspend").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    let mut manifest = job_manifest(scenario, n, 2);
+    kubectl_apply(scenario, &manifest);
     let name = &scenario.name;
     wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
 
@@ -376,7 +378,7 @@ async fn suspend_stops_the_workers_and_resume_continues_without_loss() {
     .await;
 
     manifest["spec"]["state"] = json!("suspended");
-    kubectl_apply(&scenario, &manifest);
+    kubectl_apply(scenario, &manifest);
     let pods: Api<Pod> = Api::namespaced(client.clone(), n);
     let job = wait_for(
         "the job to be suspended with no pods",
@@ -402,7 +404,7 @@ async fn suspend_stops_the_workers_and_resume_continues_without_loss() {
 
     produce(&producer, &scenario.input, rest);
     manifest["spec"]["state"] = json!("running");
-    kubectl_apply(&scenario, &manifest);
+    kubectl_apply(scenario, &manifest);
     wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
     let results = scenario.await_results(&reference, RESULTS_TIMEOUT).await;
     assert_only_reference_emissions(&results, &reference);
@@ -410,15 +412,10 @@ async fn suspend_stops_the_workers_and_resume_continues_without_loss() {
 
 #[tokio::test]
 async fn an_operator_killed_mid_flight_resumes_without_duplicates_or_lost_status() {
-    let client = kube_client().await;
-    ensure_crd(&client).await;
-    let ns = temp_namespace("op-restart");
-    let n = ns.name.as_str();
-    create_s3_secret(n);
-    let scenario = Scenario::new("restart").await;
-    let _runner = worker_runner(n);
-    let mut operator = Operator::start(n, &[], &scenario.dir.join("operator.log"));
-    kubectl_apply(&scenario, &job_manifest(&scenario, n, 2));
+    let mut f = OperatorFixture::start("restart").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    kubectl_apply(scenario, &job_manifest(scenario, n, 2));
     let name = &scenario.name;
 
     // Kill it as soon as it has started creating children, before the job is ready.
@@ -427,7 +424,7 @@ async fn an_operator_killed_mid_flight_resumes_without_duplicates_or_lost_status
         plans.get_opt(&format!("{name}-plan")).await.ok()?
     })
     .await;
-    operator.kill_and_restart();
+    f.operator.kill_and_restart();
     let job = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
     let epoch = job.status.as_ref().unwrap().epoch.unwrap();
 
@@ -456,7 +453,7 @@ async fn an_operator_killed_mid_flight_resumes_without_duplicates_or_lost_status
 
     // Another restart while running changes nothing: same epoch, same plan.
     let plan_before = plan_of(&plans.get(&format!("{name}-plan")).await.unwrap());
-    operator.kill_and_restart();
+    f.operator.kill_and_restart();
     let events = generate(15, 100);
     let reference = expected(&events);
     produce(&producer(&scenario.bootstrap), &scenario.input, &events);
@@ -476,7 +473,7 @@ async fn of_two_operator_replicas_only_the_leader_acts() {
     let ns = temp_namespace("op-leader");
     let n = ns.name.as_str();
     create_s3_secret(n);
-    let scenario = Scenario::new("leader").await;
+    let scenario = &Scenario::new("leader").await;
     let elect = |id: &'static str| {
         [
             "--leader-elect".to_owned(),
@@ -497,7 +494,7 @@ async fn of_two_operator_replicas_only_the_leader_acts() {
     .await;
     let b = Operator::start(n, &strs(&args_b), &scenario.dir.join("operator-b.log"));
 
-    kubectl_apply(&scenario, &job_manifest(&scenario, n, 1));
+    kubectl_apply(scenario, &job_manifest(scenario, n, 1));
     let name = &scenario.name;
     wait_for(
         "the leader to reconcile the job",
@@ -527,4 +524,255 @@ async fn of_two_operator_replicas_only_the_leader_acts() {
         || async { (b.metric("streamjob_operator_reconciles_total")? >= 1.0).then_some(()) },
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_pipeline_change_reaches_the_running_workers_without_new_pods() {
+    let f = OperatorFixture::start("change").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    let mut manifest = job_manifest(scenario, n, 2);
+    kubectl_apply(scenario, &manifest);
+    let name = &scenario.name;
+    let ready = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
+    let epoch = ready.status.unwrap().epoch;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+    let pod_names = |list: Vec<Pod>| -> Vec<String> {
+        let mut names: Vec<String> = list.into_iter().map(|p| p.metadata.name.unwrap()).collect();
+        names.sort();
+        names
+    };
+    let params = ListParams::default().labels(&worker_pods_selector(name));
+    let before = pod_names(pods.list(&params).await.unwrap().items);
+
+    let events = generate(16, 300);
+    let reference = expected(&events);
+    let (first, rest) = events.split_at(events.len() / 2);
+    let producer = producer(&scenario.bootstrap);
+    produce(&producer, &scenario.input, first);
+    wait_for("some results", Duration::from_secs(60), || async {
+        (!scenario.output_results().is_empty()).then_some(())
+    })
+    .await;
+
+    // A map after the window tags every result; window state carries over.
+    let steps = manifest["spec"]["pipeline"].as_array_mut().unwrap();
+    steps.push(json!({ "name": "tag", "map": ". + {version: 2}" }));
+    kubectl_apply(scenario, &manifest);
+    let plans: Api<ConfigMap> = Api::namespaced(client.clone(), n);
+    wait_for(
+        "the new pipeline in the plan",
+        Duration::from_secs(60),
+        || async {
+            let plan = plan_of(&plans.get(&format!("{name}-plan")).await.ok()?);
+            (plan.spec.pipeline.len() == 4).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "every worker to run the new plan",
+        Duration::from_secs(60),
+        || async {
+            let items = pods.list(&params).await.ok()?.items;
+            let restarted = items.iter().all(|pod| {
+                let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+                let metrics = ip.and_then(|ip| http_get_from(&ip, 9090, "/metrics"));
+                metrics
+                    .and_then(|m| metric_value(&m, "streamjob_runs_total"))
+                    .is_some_and(|runs| runs >= 2.0)
+            });
+            (items.len() == 2 && restarted).then_some(())
+        },
+    )
+    .await;
+    produce(&producer, &scenario.input, rest);
+
+    let results = scenario.await_results(&reference, RESULTS_TIMEOUT).await;
+    assert_only_reference_emissions(&results, &reference);
+    let tagged = streamjob_tests::worker::read_topic(&scenario.bootstrap, &scenario.output)
+        .iter()
+        .filter(|r| r.value.contains("\"version\":2"))
+        .count();
+    assert!(
+        tagged > 0,
+        "results after the change carry the new map's field"
+    );
+    let job = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
+    assert_eq!(job.status.unwrap().epoch, epoch, "same owners, same epoch");
+    assert_eq!(
+        pod_names(pods.list(&params).await.unwrap().items),
+        before,
+        "no pod was replaced"
+    );
+}
+
+#[tokio::test]
+async fn a_crashed_worker_restarts_in_its_pod_and_new_partitions_get_owners() {
+    let f = OperatorFixture::start("crash").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    kubectl_apply(scenario, &job_manifest(scenario, n, 2));
+    let name = &scenario.name;
+    let ready = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
+    let epoch = ready.status.unwrap().epoch.unwrap();
+
+    let events = generate(17, 300);
+    let reference = expected(&events);
+    let (first, rest) = events.split_at(events.len() / 2);
+    let producer = producer(&scenario.bootstrap);
+    produce(&producer, &scenario.input, first);
+    wait_for("some results", Duration::from_secs(60), || async {
+        (!scenario.output_results().is_empty()).then_some(())
+    })
+    .await;
+
+    // SIGKILL one worker process: the pod stays, its container restarts and restores.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+    let params = ListParams::default().labels(&worker_pods_selector(name));
+    let victim = pods.list(&params).await.unwrap().items.remove(0);
+    let victim_name = victim.metadata.name.clone().unwrap();
+    let container = &victim.status.unwrap().container_statuses.unwrap()[0];
+    let pid: i32 = container
+        .container_id
+        .as_deref()
+        .unwrap()
+        .trim_start_matches("streamjob-pod-runner://")
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    produce(&producer, &scenario.input, rest);
+    wait_for(
+        "the worker to restart in its pod",
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get(&victim_name).await.ok()?;
+            let status = &pod.status?.container_statuses?[0];
+            (status.restart_count >= 1 && status.ready).then_some(())
+        },
+    )
+    .await;
+    let results = scenario.await_results(&reference, RESULTS_TIMEOUT).await;
+    assert_only_reference_emissions(&results, &reference);
+    let job = get_job(&client, n, name).await;
+    assert_eq!(
+        job.status.unwrap().epoch,
+        Some(epoch),
+        "a restart in place moves nothing"
+    );
+
+    // The topic grows: the new partitions get owners in a new epoch.
+    streamjob_tests::worker::add_partitions(&scenario.bootstrap, &scenario.input, 6).await;
+    let job = wait_for(
+        "owners for the new partitions",
+        Duration::from_secs(60),
+        || async {
+            let job = get_job(&client, n, name).await;
+            let status = job.status.as_ref()?;
+            let owned = status.assignment.iter().filter(|p| p.pod.is_some()).count();
+            let ready = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (owned == 6 && ready).then_some(job)
+        },
+    )
+    .await;
+    assert!(job.status.unwrap().epoch.unwrap() > epoch);
+}
+
+#[tokio::test]
+async fn deleting_a_job_removes_its_objects_and_its_checkpoints_only_when_asked() {
+    let f = OperatorFixture::start("delete").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
+    let n = n.as_str();
+    let mut manifest = job_manifest(scenario, n, 1);
+    manifest["spec"]["checkpoint"]["deleteOnJobDeletion"] = json!(true);
+    kubectl_apply(scenario, &manifest);
+    let name = &scenario.name;
+    wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
+    let events = generate(18, 50);
+    produce(&producer(&scenario.bootstrap), &scenario.input, &events);
+    wait_for(
+        "checkpoints of every partition",
+        Duration::from_secs(60),
+        || async {
+            let status = get_job(&client, n, name).await.status?;
+            (status.last_checkpoint?.partitions == 4).then_some(())
+        },
+    )
+    .await;
+    let job = get_job(&client, n, name).await;
+    assert!(
+        job.metadata
+            .finalizers
+            .unwrap()
+            .contains(&"streamjob.dev/delete-checkpoints".to_owned())
+    );
+    let store = streamjob_tests::worker::s3_store();
+    let prefix = object_store::path::Path::from(format!("{name}/{n}/{name}"));
+    assert!(
+        !streamjob_tests::worker::list_objects(&store, &prefix)
+            .await
+            .is_empty()
+    );
+
+    run_ok(
+        "kubectl",
+        &["delete", "streamjob", name, "-n", n, "--timeout=60s"],
+    );
+    assert!(
+        streamjob_tests::worker::list_objects(&store, &prefix)
+            .await
+            .is_empty(),
+        "checkpoints deleted"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), n);
+    wait_for(
+        "the garbage collector to remove the Deployment",
+        Duration::from_secs(60),
+        || async {
+            deployments
+                .get_opt(&format!("{name}-worker"))
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Without deleteOnJobDeletion the checkpoints stay, and no finalizer holds the job.
+    manifest["spec"]["checkpoint"]["deleteOnJobDeletion"] = json!(false);
+    kubectl_apply(scenario, &manifest);
+    wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
+    wait_for("a checkpoint", Duration::from_secs(60), || async {
+        get_job(&client, n, name)
+            .await
+            .status?
+            .last_checkpoint
+            .map(|_| ())
+    })
+    .await;
+    assert!(
+        get_job(&client, n, name)
+            .await
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .is_empty()
+    );
+    run_ok(
+        "kubectl",
+        &["delete", "streamjob", name, "-n", n, "--timeout=60s"],
+    );
+    assert!(
+        !streamjob_tests::worker::list_objects(&store, &prefix)
+            .await
+            .is_empty(),
+        "checkpoints kept"
+    );
 }

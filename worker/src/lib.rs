@@ -2,6 +2,7 @@
 //! checkpointing per-partition state to object storage and recovering from it.
 
 pub mod checkpoint;
+pub mod cli;
 pub mod engine;
 pub mod http;
 pub mod kafka;

@@ -1,10 +1,11 @@
 //! `streamjob-worker`: runs a StreamJob's partitions.
 
-use std::{io::IsTerminal, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use streamjob_worker::{
+    cli::{LogFormat, init_logging, parse_duration},
     engine::Readiness,
     kafka,
     plan::{self, Plan, STANDALONE_POD},
@@ -60,31 +61,6 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "STREAMJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    text.parse::<kube::core::Duration>()
-        .map(Into::into)
-        .map_err(|e| e.to_string())
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 #[tokio::main]

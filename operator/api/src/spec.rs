@@ -46,7 +46,7 @@ use super::status::StreamJobStatus;
         name = "Last Checkpoint",
         type_ = "date",
         json_path = ".status.lastCheckpoint.time",
-        description = "Age of the newest complete checkpoint"
+        description = "Age of the oldest of the partitions' newest checkpoints"
     ),
     printcolumn(
         name = "Age",
@@ -60,7 +60,8 @@ use super::status::StreamJobStatus;
     .field_path(".parallelism"))]
 pub struct StreamJobSpec {
     /// Number of worker pods. Each pod owns whole Kafka partitions, so values above the
-    /// topic's partition count leave pods idle. Changing it triggers a coordinated rescale.
+    /// topic's partition count leave pods idle. Changing it (or `kubectl scale`) moves
+    /// partitions to the new set of pods; each moving partition resumes from its checkpoint.
     #[serde(default = "default_parallelism")]
     #[schemars(range(min = 0, max = 10000))]
     pub parallelism: i32,

@@ -77,7 +77,8 @@ pub struct PartitionStatus {
     /// Pod that owns the partition in the current epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    /// Offset committed for the job's consumer group (next record to read).
+    /// Next offset the partition resumes from: the newest checkpoint's, read from storage
+    /// (the job's consumer group gets the same offset committed, for lag tools).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub committed_offset: Option<i64>,
     /// Records between the committed offset and the end of the partition.

@@ -16,9 +16,12 @@ use serde_json::json;
 use streamjob_api::StreamJob;
 use streamjob_worker::{paths::JobPaths, storage};
 
+use kube::runtime::events::EventType;
+
 use super::{
     Context, Error,
     names::{CLEANUP_FINALIZER, MANAGER},
+    status::Transition,
 };
 
 /// Adds the finalizer to a job that wants its checkpoints deleted with it, and removes it
@@ -43,9 +46,31 @@ pub async fn on_deletion(job: &StreamJob, ctx: &Context) -> Result<Action, Error
         tracing::warn!(%url, "file:// checkpoints live in the worker pods; nothing to delete here");
     } else {
         let settings = match &job.spec.checkpoint.secret_ref {
-            Some(secret) => super::observe::secret_values(ctx, &namespace, &secret.name)
-                .await?
-                .unwrap_or_default(),
+            Some(secret) => {
+                match super::observe::secret_values(ctx, &namespace, &secret.name).await? {
+                    Some(settings) => settings,
+                    None => {
+                        // Deleting a namespace deletes the Secret alongside the job; waiting for
+                        // it would keep the namespace terminating forever.
+                        let note = format!(
+                            "checkpoints under {url} were not deleted: the storage Secret {} is gone",
+                            secret.name
+                        );
+                        super::publish(
+                            ctx,
+                            job,
+                            Transition {
+                                type_: EventType::Warning,
+                                reason: "CheckpointsNotDeleted".into(),
+                                note,
+                            },
+                        )
+                        .await;
+                        set_finalizer(job, ctx, false).await?;
+                        return Ok(Action::await_change());
+                    }
+                }
+            }
             None => Default::default(),
         };
         let storage =

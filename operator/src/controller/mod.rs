@@ -302,31 +302,45 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
         .clone()
         .or_else(|| observed.topic.as_ref().err().cloned());
 
-    // A spec that cannot run leaves the workers on the last spec that could; pods still
-    // come and go, so that spec's plan keeps following them.
+    // A pipeline that cannot run leaves the workers on the last pipeline that could; the
+    // rest of the spec (parallelism, state, image) still applies, and pods still come and
+    // go, so the plan keeps following them.
     let runnable = match (&spec_blocker, &observed.plan) {
         (None, _) => Some(job.clone()),
         (Some(_), Some(previous)) => {
             let mut last_good = job.clone();
-            last_good.spec = previous.spec.clone();
-            Some(last_good)
+            last_good.spec.pipeline = previous.spec.pipeline.clone();
+            validate::spec_blocker(&last_good)
+                .is_none()
+                .then_some(last_good)
         }
         (Some(_), None) => None,
     };
-    let plan = match (runnable, &observed.topic) {
-        (Some(runnable), Ok(topic)) => {
+    // While Kafka cannot be asked, a running job keeps the partition count it had.
+    let partitions = match (&observed.topic, &observed.plan) {
+        (Ok(topic), _) => Some(topic.partitions),
+        (Err(_), Some(_)) => job
+            .status
+            .as_ref()
+            .map(|s| i32::try_from(s.assignment.len()).unwrap_or(i32::MAX))
+            .filter(|count| *count > 0),
+        (Err(_), None) => None,
+    };
+    let plan = match (runnable, partitions) {
+        (Some(runnable), Some(partitions)) => {
             let last_epoch = job
                 .status
                 .as_ref()
                 .and_then(|s| s.epoch)
                 .and_then(|e| u64::try_from(e).ok())
-                .unwrap_or(0);
+                .unwrap_or(0)
+                .max(observed.newest_checkpoint_epoch());
             let plan = next_plan(&PlanInput {
                 job: &runnable,
                 namespace: &namespace,
                 previous: observed.plan.as_ref(),
                 last_epoch,
-                partitions: topic.partitions,
+                partitions,
                 pods: &observed.pods,
             });
             let owner = job.controller_owner_ref(&()).unwrap_or_default();
@@ -392,7 +406,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
 }
 
 /// Publishes `transition` as a Kubernetes Event on `job`; failures are only logged.
-async fn publish(ctx: &Context, job: &StreamJob, transition: Transition) {
+pub(crate) async fn publish(ctx: &Context, job: &StreamJob, transition: Transition) {
     tracing::info!(reason = %transition.reason, note = %transition.note, "event");
     let event = KubeEvent {
         type_: transition.type_,

@@ -30,9 +30,24 @@ pub struct Observed {
     pub checkpoints: BTreeMap<i32, SeenCheckpoint>,
 }
 
+impl Observed {
+    /// The highest epoch of any checkpoint in storage. A job deleted and created again
+    /// under the same name and storage continues from its checkpoints, so its epochs must
+    /// continue above theirs (restore ignores snapshots of later epochs than the plan's).
+    pub fn newest_checkpoint_epoch(&self) -> u64 {
+        self.checkpoints
+            .values()
+            .map(|c| c.epoch)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// A partition's newest checkpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeenCheckpoint {
+    /// The epoch it was written in.
+    pub epoch: u64,
     /// The next offset the partition resumes from.
     pub next_offset: i64,
     /// When it was written.
@@ -171,6 +186,7 @@ async fn read_checkpoints(
                 seen.insert(
                     partition,
                     SeenCheckpoint {
+                        epoch: id.epoch,
                         next_offset: id.next_offset,
                         time,
                     },

@@ -120,16 +120,15 @@ pub fn transitions(
         }
     }
     match (holds(before, "Stalled"), holds(after, "Stalled")) {
-        (old, Some(new))
-            if old.map(|c| (&c.reason, &c.message)) != Some((&new.reason, &new.message)) =>
-        {
+        // Only a new reason is news: error texts from Kafka vary from one attempt to the next.
+        (old, Some(new)) if old.map(|c| &c.reason) != Some(&new.reason) => {
             events.push(Transition {
                 type_: EventType::Warning,
                 reason: new.reason.clone(),
                 note: new.message.clone(),
             });
         }
-        (Some(_), None) => events.push(normal("Recovered", "the spec can run again".to_owned())),
+        (Some(_), None) => events.push(normal("Recovered", "the job can run again".to_owned())),
         _ => {}
     }
     if let (None, Some(ready)) = (holds(before, "Ready"), holds(after, "Ready")) {

@@ -6,15 +6,10 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicU8, Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use nix::{
-    sys::signal::{Signal, kill},
-    unistd::Pid,
-};
-
-use crate::{unique_name, workspace_bin};
+use crate::{terminate_child, unique_name, workspace_bin};
 
 /// Label key by which a test's pods are picked up by that test's runner.
 pub const TEST_RUNNER_LABEL: &str = "streamjob.dev/test-pod-runner";
@@ -96,15 +91,7 @@ impl PodRunner {
     }
 
     fn stop(&mut self) {
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline && !matches!(self.child.try_wait(), Ok(Some(_))) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        terminate_child(&mut self.child, Duration::from_secs(20));
     }
 
     /// The labels a pod template needs to be run by this runner.
