@@ -4,13 +4,19 @@
 //!
 //! Run with `scripts/bench` (starts the local stack, builds in release, runs this).
 //! Environment: `BENCH_RECORDS` (default 5 000 000), `BENCH_PARTITIONS` (default 8),
-//! `BENCH_STATE_MB` (default 100), plus the stack's exports (`tests/stack/stack env`).
+//! `BENCH_ROUNDS` (default 3: every run is repeated, interleaved, and each reports its best),
+//! `BENCH_COMPARE_WORKER` (the path of another worker binary, e.g. built from an earlier
+//! commit, measured in the same rounds), `BENCH_STATE_MB` (default 100), `BENCH_ONLY` (a
+//! comma-separated subset of `raw`, `forward`, `filter-map`, `window`, `checkpoint`, e.g. to
+//! profile one), `STREAMJOB_KAFKA_PROPERTIES` (a directory of librdkafka properties, one file
+//! each, given to the baselines and the worker alike), plus the stack's exports
+//! (`tests/stack/stack env`).
 
 // A benchmark harness: any failure aborts the run with its message.
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::Read,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -23,14 +29,14 @@ use rdkafka::{
     client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::KafkaError,
-    producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer},
-    types::RDKafkaErrorCode,
+    producer::{BaseRecord, Producer},
 };
 use streamjob_api::PipelineStep;
 use streamjob_worker::{
     checkpoint::CheckpointStore,
+    kafka::{self, SourceConsumer},
     paths::JobPaths,
-    pipeline::{InputRecord, Pipeline, RecordStats},
+    pipeline::{InputRecord, Outputs, Pipeline, RecordStats},
     snapshot::{SnapshotHeader, SnapshotId},
     storage::Storage,
 };
@@ -40,6 +46,13 @@ fn env_or(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// `name` made unique to this process and call (topics, groups and jobs of repeated runs).
+fn unique(name: &str) -> String {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{name}-{}-{run}", std::process::id())
 }
 
 fn required(name: &str) -> String {
@@ -78,56 +91,45 @@ fn preload(bootstrap: &str, topic: &str, partitions: i32, records: usize) {
     }
     // A partial topic left by an interrupted run must be deleted by hand first.
     create_topic(bootstrap, topic, partitions);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "50")
-        .set("batch.size", "1000000")
-        .set("compression.type", "lz4")
-        .create()
-        .unwrap();
+    // Loading is not measured: large batches, written as fast as the broker takes them.
+    let props = BTreeMap::from(
+        [("linger.ms", "50"), ("batch.size", "1000000")].map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let producer = kafka::sink_producer(bootstrap, &props).unwrap();
     let start = Instant::now();
     for i in 0..records {
         let (key, value) = record(i);
-        let mut r = BaseRecord::to(topic)
+        let r = BaseRecord::to(topic)
             .partition((i % partitions as usize) as i32)
-            .key(&key)
-            .payload(&value);
-        loop {
-            match producer.send(r) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    r = back;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err((e, _)) => panic!("produce failed: {e}"),
-            }
-        }
+            .key(key.as_bytes())
+            .payload(value.as_bytes());
+        kafka::send(&producer, r);
     }
     producer.flush(Duration::from_secs(120)).unwrap();
+    assert_eq!(
+        producer.context().failures(),
+        0,
+        "preload delivered everything"
+    );
     println!(
         "preloaded {records} records into {topic} in {:.1}s",
         start.elapsed().as_secs_f64()
     );
 }
 
-/// The practical limit: one thread reading every partition as fast as librdkafka hands
-/// records over, touching each payload.
 /// A consumer assigned to every partition of `topic` from the beginning, reporting the end of
-/// each partition, with the same fetch tuning as the worker's (see worker/src/kafka.rs).
+/// each partition: the worker's own consumer (`kafka::source_consumer`), so the baselines get
+/// exactly the worker's fetch tuning and any properties given to the run.
 fn consumer_from_beginning(
     bootstrap: &str,
     group: &str,
     topic: &str,
     partitions: i32,
-) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("{group}-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .unwrap();
+) -> SourceConsumer {
+    let mut props = kafka_props();
+    props.insert("enable.partition.eof".to_owned(), "true".to_owned());
+    let group = unique(group);
+    let consumer = kafka::source_consumer(bootstrap, &group, &props).unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
@@ -137,6 +139,16 @@ fn consumer_from_beginning(
     consumer
 }
 
+/// Extra librdkafka properties for every client of the run, baselines and workers alike:
+/// the directory in `STREAMJOB_KAFKA_PROPERTIES` (which the worker reads too), if set.
+fn kafka_props() -> BTreeMap<String, String> {
+    std::env::var_os("STREAMJOB_KAFKA_PROPERTIES")
+        .map(|dir| kafka::load_properties(std::path::Path::new(&dir)).unwrap())
+        .unwrap_or_default()
+}
+
+/// The practical limit: one thread reading every partition as fast as librdkafka hands
+/// records over, touching each payload.
 fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> f64 {
     let consumer = consumer_from_beginning(bootstrap, "bench-raw", topic, partitions);
     let start = Instant::now();
@@ -161,19 +173,14 @@ fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -
 }
 
 /// Consume + produce without a pipeline: forwards the click records (80%, found by a byte
-/// search) unchanged with the worker's producer settings. The floor for any job that writes
-/// most of its input back to Kafka on the same machine as the broker.
+/// search) unchanged through the worker's own producer (`kafka::sink_producer`, same
+/// settings). The floor for any job that writes most of its input back to Kafka on the same
+/// machine as the broker.
 fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> f64 {
-    let out_topic = format!("{topic}-forward-out-{}", std::process::id());
+    let out_topic = unique(&format!("{topic}-forward-out"));
     create_topic(bootstrap, &out_topic, partitions);
     let consumer = consumer_from_beginning(bootstrap, "bench-forward", topic, partitions);
-    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()
-        .unwrap();
+    let producer = kafka::sink_producer(bootstrap, &kafka_props()).unwrap();
     let start = Instant::now();
     let (mut count, mut done) = (0usize, BTreeSet::new());
     while (done.len() as i32) < partitions {
@@ -186,17 +193,12 @@ fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) ->
                     if let Some(key) = m.key() {
                         r = r.key(key);
                     }
-                    while let Err((e, back)) = producer.send(r) {
-                        assert!(
-                            matches!(
-                                e,
-                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
-                            ),
-                            "produce failed: {e}"
-                        );
-                        r = back;
-                        std::thread::sleep(Duration::from_millis(1));
+                    // Forwarded with the input's timestamp: no clock read, as the worker
+                    // stamps outputs with its cached clock.
+                    if let Some(timestamp) = m.timestamp().to_millis() {
+                        r = r.timestamp(timestamp);
                     }
+                    kafka::send(&producer, r);
                 }
             }
             Some(Err(KafkaError::PartitionEOF(p))) => {
@@ -206,26 +208,44 @@ fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) ->
             None => {}
         }
     }
+    // Timed, like the worker, until every record was read and handed to the producer; the
+    // records still queued in librdkafka are then delivered (and checked) off the clock.
+    let rate = count as f64 / start.elapsed().as_secs_f64();
     producer.flush(Duration::from_secs(60)).unwrap();
+    assert_eq!(
+        producer.context().failures(),
+        0,
+        "forwarder delivered everything"
+    );
     assert_eq!(count, records, "forwarder read every record");
-    count as f64 / start.elapsed().as_secs_f64()
+    delete_topic(bootstrap, &out_topic);
+    rate
 }
 
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+    let (admin, rt) = admin(bootstrap);
+    let topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    let results = rt.block_on(admin.create_topics(&[topic], &AdminOptions::new()));
+    for r in results.unwrap() {
+        r.unwrap();
+    }
+}
+
+/// Deletes a run's output topic, so repeated runs do not fill the broker's disk.
+fn delete_topic(bootstrap: &str, topic: &str) {
+    let (admin, rt) = admin(bootstrap);
+    let results = rt.block_on(admin.delete_topics(&[topic], &AdminOptions::new()));
+    for r in results.unwrap() {
+        r.unwrap();
+    }
+}
+
+fn admin(bootstrap: &str) -> (AdminClient<DefaultClientContext>, tokio::runtime::Runtime) {
+    let admin = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()
         .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    for r in rt
-        .block_on(admin.create_topics(
-            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
-            &AdminOptions::new(),
-        ))
-        .unwrap()
-    {
-        r.unwrap();
-    }
+    (admin, tokio::runtime::Runtime::new().unwrap())
 }
 
 fn metrics(port: u16) -> Option<String> {
@@ -261,24 +281,25 @@ fn processed(text: &str) -> i64 {
 /// Runs the real worker binary on the topic; returns records/s from readiness to the last
 /// record, and the start-up time (process start to ready) in seconds.
 fn worker(
+    binary: &str,
     name: &str,
     pipeline_yaml: &str,
     bootstrap: &str,
     topic: &str,
     records: usize,
 ) -> (f64, f64) {
-    let dir = std::env::temp_dir().join(format!("bench-{name}-{}", std::process::id()));
+    let run = unique(name);
+    let dir = std::env::temp_dir().join(format!("bench-{run}"));
     std::fs::create_dir_all(&dir).unwrap();
     let job = dir.join("job.yaml");
-    let out_topic = format!("{topic}-{name}-out-{}", std::process::id());
+    let out_topic = format!("{topic}-{run}-out");
     create_topic(bootstrap, &out_topic, 8);
     std::fs::write(
         &job,
         format!(
-            "apiVersion: streamjob.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: bench-{name}-{pid}, namespace: bench}}\n\
+            "apiVersion: streamjob.dev/v1alpha1\nkind: StreamJob\nmetadata: {{name: bench-{run}, namespace: bench}}\n\
              spec:\n  source: {{kafka: {{bootstrapServers: \"{bootstrap}\", topic: {topic}}}}}\n  pipeline:\n{pipeline_yaml}\n\
              \x20 sink: {{kafka: {{topic: {out_topic}}}}}\n  checkpoint: {{storage: \"s3://{bucket}/bench\", interval: 10s}}\n",
-            pid = std::process::id(),
             bucket = required("STREAMJOB_S3_BUCKET"),
         ),
     )
@@ -289,7 +310,7 @@ fn worker(
         .unwrap()
         .port();
     let start = Instant::now();
-    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_streamjob-worker"))
+    let mut child: Child = Command::new(binary)
         .args([
             "run",
             "--job",
@@ -335,6 +356,7 @@ fn worker(
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
+    delete_topic(bootstrap, &out_topic);
     (records as f64 / secs, startup)
 }
 
@@ -354,7 +376,7 @@ fn checkpoint_state(mb: usize) -> (usize, f64, f64) {
     .unwrap();
     let pipeline = Pipeline::compile(&steps).unwrap();
     let mut state = pipeline.new_state();
-    let (mut out, mut stats) = (Vec::new(), RecordStats::default());
+    let (mut out, mut stats) = (Outputs::default(), RecordStats::default());
     let mut i = 0u64;
     let mut size = 0;
     while size < mb << 20 {
@@ -420,57 +442,132 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes harness=false benches.
     }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("checkpoint") {
-        report_checkpoint();
-        return;
+    // `BENCH_ONLY=filter-map` (a comma-separated list of raw, forward, filter-map, window,
+    // checkpoint) runs only those parts, e.g. under a profiler; ratios need `raw`.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |part: &str| {
+        only.as_deref()
+            .is_none_or(|list| list.split(',').any(|p| p.trim() == part))
+    };
+    if ["raw", "forward", "filter-map", "window"]
+        .iter()
+        .any(|part| wanted(part))
+    {
+        report_throughput(&wanted);
     }
+    if wanted("checkpoint") {
+        report_checkpoint();
+    }
+}
+
+/// Every rate measured for one kind of run.
+struct Kind {
+    label: String,
+    rates: Vec<f64>,
+    /// Whether its ratio to consume + produce means something (it writes 80% back).
+    produces: bool,
+}
+
+impl Kind {
+    fn new(label: &str, produces: bool) -> Self {
+        Self {
+            label: label.to_owned(),
+            rates: Vec::new(),
+            produces,
+        }
+    }
+
+    fn best(&self) -> f64 {
+        self.rates.iter().copied().fold(f64::NAN, f64::max)
+    }
+
+    fn record(&mut self, rate: f64) {
+        println!("  {}: {rate:.0} records/s", self.label);
+        self.rates.push(rate);
+    }
+}
+
+const FILTER_MAP: &str = "    - filter: '.type == \"click\"'\n    - map: '{user: .user, n: 1}'";
+const WINDOW: &str = "    - keyBy: .user\n    - window: {size: 1m, timestamp: .ts, aggregates: [{name: clicks, function: count}]}";
+
+fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
     let bootstrap = required("STREAMJOB_KAFKA_BOOTSTRAP");
     let records = env_or("BENCH_RECORDS", 5_000_000);
     let partitions = env_or("BENCH_PARTITIONS", 8) as i32;
+    let rounds = env_or("BENCH_ROUNDS", 3);
     let topic = format!("bench-input-{records}-{partitions}");
     preload(&bootstrap, &topic, partitions, records);
 
-    let raw = raw_consumer(&bootstrap, &topic, partitions, records);
-    let forward = raw_forward(&bootstrap, &topic, partitions, records);
-    let (filter_map, filter_map_startup) = worker(
-        "filter-map",
-        "    - filter: '.type == \"click\"'\n    - map: '{user: .user, n: 1}'",
-        &bootstrap,
-        &topic,
-        records,
-    );
-    let (window, window_startup) = worker(
-        "window",
-        "    - keyBy: .user\n    - window: {size: 1m, timestamp: .ts, aggregates: [{name: clicks, function: count}]}",
-        &bootstrap,
-        &topic,
-        records,
-    );
-    let raw_again = raw_consumer(&bootstrap, &topic, partitions, records);
-    let raw_best = raw.max(raw_again);
+    // The worker binary built with this benchmark, and optionally another one (e.g. built from
+    // an earlier commit) measured in the same rounds.
+    let mut binaries = vec![(
+        String::new(),
+        env!("CARGO_BIN_EXE_streamjob-worker").to_owned(),
+    )];
+    if let Ok(other) = std::env::var("BENCH_COMPARE_WORKER") {
+        binaries.push((format!(" [{other}]"), other));
+    }
+    let mut raw = Kind::new("raw librdkafka consumer", false);
+    let mut forward = Kind::new("raw consume + produce the 80% clicks, no pipeline", true);
+    let mut workers: Vec<(Kind, &str, &str, &str)> = Vec::new();
+    for (suffix, binary) in &binaries {
+        for (part, label, pipeline) in [
+            (
+                "filter-map",
+                "worker, filter + map (80% written back)",
+                FILTER_MAP,
+            ),
+            ("window", "worker, keyBy + 1m tumbling count", WINDOW),
+        ] {
+            if wanted(part) {
+                let kind = Kind::new(&format!("{label}{suffix}"), part == "filter-map");
+                workers.push((kind, part, pipeline, binary));
+            }
+        }
+    }
+    // Rounds interleave the kinds, so a burst of load on this shared machine hits one run of
+    // each kind rather than every run of one; each kind reports its best.
+    for round in 1..=rounds {
+        println!("round {round} of {rounds}");
+        if wanted("raw") {
+            raw.record(raw_consumer(&bootstrap, &topic, partitions, records));
+        }
+        if wanted("forward") {
+            forward.record(raw_forward(&bootstrap, &topic, partitions, records));
+        }
+        for (kind, part, pipeline, binary) in &mut workers {
+            let (rate, startup) = worker(binary, part, pipeline, &bootstrap, &topic, records);
+            kind.record(rate);
+            println!("    (start-up {startup:.2}s excluded)");
+        }
+    }
+    let (raw_best, forward_best) = (raw.best(), forward.best());
     println!(
-        "\n{records} records, {partitions} partitions, ~{} B each",
+        "\n{records} records, {partitions} partitions, ~{} B each; best of {rounds} rounds",
         record(1).1.len()
     );
-    println!("| run | records/s | ratio to raw |");
-    println!("| --- | ---: | ---: |");
     println!(
-        "| raw librdkafka consumer (best of 2: {raw:.0}, {raw_again:.0}) | {raw_best:.0} | 1.00 |"
+        "| run | records/s (every round) | best | ratio to raw consume | ratio to raw consume + produce |"
     );
-    println!(
-        "| raw consume + produce the 80% clicks, no pipeline | {forward:.0} | {:.2} |",
-        forward / raw_best
-    );
-    println!(
-        "| worker, filter + map (80% written back; start-up {filter_map_startup:.2}s excluded) | {filter_map:.0} | {:.2} |",
-        filter_map / raw_best
-    );
-    println!(
-        "| worker, keyBy + 1m tumbling count (start-up {window_startup:.2}s excluded) | {window:.0} | {:.2} |",
-        window / raw_best
-    );
-
-    report_checkpoint();
+    println!("| --- | --- | ---: | ---: | ---: |");
+    let kinds = [&raw, &forward]
+        .into_iter()
+        .chain(workers.iter().map(|(kind, ..)| kind));
+    for kind in kinds {
+        let best = kind.best();
+        let every: Vec<String> = kind.rates.iter().map(|r| format!("{r:.0}")).collect();
+        let to_forward = if kind.produces {
+            format!("{:.2}", best / forward_best)
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {} | {best:.0} | {:.2} | {to_forward} |",
+            kind.label,
+            every.join(", "),
+            best / raw_best
+        );
+    }
 }
 
 fn report_checkpoint() {

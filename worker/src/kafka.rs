@@ -14,8 +14,10 @@ use std::{
 use rdkafka::{
     ClientConfig, ClientContext, Statistics,
     consumer::{BaseConsumer, Consumer, ConsumerContext},
-    error::KafkaError,
-    producer::{DeliveryResult, ProducerContext, ThreadedProducer},
+    error::{KafkaError, KafkaResult},
+    message::BorrowedMessage,
+    producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer},
+    types::RDKafkaErrorCode,
 };
 use thiserror::Error;
 
@@ -86,6 +88,20 @@ pub fn client_config(bootstrap: &str, props: &BTreeMap<String, String>) -> Clien
     config
 }
 
+/// Sets the worker's tuning for every key the job's properties leave unset, so users can
+/// still override each of them.
+fn set_defaults(
+    config: &mut ClientConfig,
+    props: &BTreeMap<String, String>,
+    defaults: &[(&str, &str)],
+) {
+    for (key, value) in defaults {
+        if !props.contains_key(*key) {
+            config.set(*key, *value);
+        }
+    }
+}
+
 /// Consumer context that turns librdkafka statistics into lag gauges.
 #[derive(Default)]
 pub struct SourceContext;
@@ -115,21 +131,62 @@ pub fn source_consumer(
     group_id: &str,
     props: &BTreeMap<String, String>,
 ) -> Result<SourceConsumer, KafkaSetupError> {
-    client_config(bootstrap, props)
-        .set("group.id", group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        .set("fetch.wait.max.ms", "100")
-        // librdkafka stops fetching a partition for this long once its local queue is full;
-        // the 1 s default starves a fast consumer (measured: 4x throughput at 10 ms).
-        .set("fetch.queue.backoff.ms", "10")
+    source_config(bootstrap, group_id, props)
         .create_with_context(SourceContext)
         .map_err(|source| KafkaSetupError::Create {
             what: "consumer",
             source: source.into(),
         })
+}
+
+fn source_config(
+    bootstrap: &str,
+    group_id: &str,
+    props: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = client_config(bootstrap, props);
+    set_defaults(
+        &mut config,
+        props,
+        &[
+            ("statistics.interval.ms", "5000"),
+            ("fetch.wait.max.ms", "100"),
+            // librdkafka stops fetching a partition for this long once its local queue is
+            // full; the 1 s default starves a fast consumer (measured: 4x throughput at 10 ms).
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+    );
+    // What the engine relies on: not overridable.
+    config
+        .set("group.id", group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    config
+}
+
+/// What one [`poll_next`] call returned.
+pub struct Polled<'c> {
+    /// A record, an error, or nothing within the wait.
+    pub result: Option<KafkaResult<BorrowedMessage<'c>>>,
+    /// Whether the call had to wait (nothing was queued): a clock read before it is stale.
+    pub waited: bool,
+}
+
+/// The next record (or error) of `consumer`: taken without waiting while librdkafka has one
+/// queued, otherwise waiting up to `wait`, saying which (the hot loop caches the clock and
+/// must read it again after a wait).
+pub fn poll_next<C: ConsumerContext>(consumer: &BaseConsumer<C>, wait: Duration) -> Polled<'_> {
+    match consumer.poll(Duration::ZERO) {
+        Some(result) => Polled {
+            result: Some(result),
+            waited: false,
+        },
+        None => Polled {
+            result: consumer.poll(wait),
+            waited: true,
+        },
+    }
 }
 
 /// Producer context counting deliveries that failed for good.
@@ -185,15 +242,53 @@ pub fn sink_producer(
     bootstrap: &str,
     props: &BTreeMap<String, String>,
 ) -> Result<SinkProducer, KafkaSetupError> {
-    client_config(bootstrap, props)
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
+    sink_config(bootstrap, props)
         .create_with_context(SinkContext::default())
         .map_err(|source| KafkaSetupError::Create {
             what: "producer",
             source: source.into(),
         })
+}
+
+fn sink_config(bootstrap: &str, props: &BTreeMap<String, String>) -> ClientConfig {
+    let mut config = client_config(bootstrap, props);
+    set_defaults(
+        &mut config,
+        props,
+        &[
+            ("linger.ms", "5"),
+            ("compression.type", "lz4"),
+            // Only failures matter to `SinkContext` (and `flush` waits for every
+            // acknowledgement either way): without a report per delivered record, librdkafka
+            // frees records in its broker thread instead of queueing each one to the polling
+            // thread and through rdkafka's callback.
+            ("delivery.report.only.error", "true"),
+        ],
+    );
+    // Ordering and no duplicates on retries: not overridable.
+    config.set("enable.idempotence", "true");
+    config
+}
+
+/// Sends a record, waiting while librdkafka's queue is full. A record that cannot be queued
+/// for another reason counts as a failed delivery (see [`SinkContext::failures`]).
+pub fn send(producer: &SinkProducer, mut record: BaseRecord<'_, [u8], [u8]>) {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return,
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((error, _)) => {
+                tracing::error!(%error, "cannot enqueue output record");
+                producer
+                    .context()
+                    .record_enqueue_failure(&error.to_string());
+                return;
+            }
+        }
+    }
 }
 
 /// Number of partitions of `topic`.
@@ -226,4 +321,43 @@ pub fn partition_count(
         return Err(KafkaSetupError::NoSuchTopic(topic.to_owned()));
     }
     Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::{sink_config, source_config};
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn job_properties_override_the_tuning_defaults_but_not_what_the_engine_relies_on() {
+        let sink = sink_config(
+            "b:9092",
+            &props(&[("linger.ms", "50"), ("enable.idempotence", "false")]),
+        );
+        assert_eq!(sink.get("linger.ms"), Some("50"));
+        assert_eq!(sink.get("compression.type"), Some("lz4"));
+        assert_eq!(sink.get("delivery.report.only.error"), Some("true"));
+        assert_eq!(sink.get("enable.idempotence"), Some("true"));
+
+        let source = source_config(
+            "b:9092",
+            "g",
+            &props(&[
+                ("fetch.queue.backoff.ms", "0"),
+                ("enable.auto.commit", "true"),
+            ]),
+        );
+        assert_eq!(source.get("fetch.queue.backoff.ms"), Some("0"));
+        assert_eq!(source.get("fetch.wait.max.ms"), Some("100"));
+        assert_eq!(source.get("enable.auto.commit"), Some("false"));
+        assert_eq!(source.get("group.id"), Some("g"));
+    }
 }

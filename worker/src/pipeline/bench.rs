@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use streamjob_api::{Aggregate, AggregateFunction, PipelineStep, WindowStep};
 
-use super::{InputRecord, Pipeline, RecordStats};
+use super::{InputRecord, Outputs, Pipeline, RecordStats};
 
 /// ~80-byte records, half of them clicks.
 fn records(count: usize) -> Vec<Vec<u8>> {
@@ -28,7 +28,7 @@ fn records(count: usize) -> Vec<Vec<u8>> {
 /// Nanoseconds per record for parse + pipeline + serialize, best of three passes.
 fn ns_per_record(pipeline: &Pipeline, records: &[Vec<u8>]) -> (f64, usize) {
     let mut state = pipeline.new_state();
-    let mut out = Vec::with_capacity(4);
+    let mut out = Outputs::default();
     let mut stats = RecordStats::default();
     let mut best = f64::MAX;
     let mut emitted = 0;

@@ -6,6 +6,7 @@
 
 mod error;
 mod jq;
+mod output;
 mod parse;
 mod value;
 mod window;
@@ -23,8 +24,9 @@ use streamjob_api::{PipelineStep, StepKind};
 
 pub use error::{CompileError, RecordError, RecordErrorKind};
 pub use jq::ExprPath;
+pub use output::{Output, OutputRecord, Outputs};
 
-use jq::JqExpr;
+use jq::{JqExpr, Written};
 use value::Value;
 use window::{CommitStats, Prepared, WindowFailure, WindowOp, WindowResult, WindowState};
 use write::NonFinite;
@@ -77,15 +79,6 @@ pub struct InputRecord<'a> {
     pub partition: i32,
     /// Source offset.
     pub offset: i64,
-}
-
-/// One record the pipeline emits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OutputRecord {
-    /// Record key: the input key, the `keyBy` result, or the window's key.
-    pub key: Option<Vec<u8>>,
-    /// Compact JSON.
-    pub payload: Vec<u8>,
 }
 
 /// What processing produced besides output records.
@@ -253,7 +246,7 @@ impl Pipeline {
         &self,
         state: &mut PartitionState,
         record: &InputRecord<'_>,
-        out: &mut Vec<OutputRecord>,
+        out: &mut Outputs,
         stats: &mut RecordStats,
     ) -> Result<(), RecordError> {
         let value = parse::parse(record.payload).map_err(|message| RecordError {
@@ -270,11 +263,7 @@ impl Pipeline {
         };
         let Some(stage) = &first.window else {
             let before = out.len();
-            let capacity = record.payload.len() + 16;
-            let result = run_steps(&first.steps, item, &mut |item| {
-                emit(out, item, capacity);
-                Ok(())
-            });
+            let result = run_steps_to_output(&first.steps, item, out);
             if result.is_err() {
                 out.truncate(before);
             }
@@ -299,7 +288,7 @@ impl Pipeline {
         &self,
         state: &mut PartitionState,
         now_ms: i64,
-        out: &mut Vec<OutputRecord>,
+        out: &mut Outputs,
         stats: &mut RecordStats,
     ) {
         state.ensure_windows(self.window_count());
@@ -327,7 +316,7 @@ impl Pipeline {
         results: Vec<WindowResult>,
         state: &mut PartitionState,
         processing_time_ms: i64,
-        out: &mut Vec<OutputRecord>,
+        out: &mut Outputs,
         stats: &mut RecordStats,
     ) {
         let (
@@ -350,7 +339,7 @@ impl Pipeline {
             let (out_before, prepared_before) = (out.len(), prepared.len());
             let outcome = run_steps(&next.steps, item, &mut |item| match &next.window {
                 None => {
-                    emit(out, item, 128);
+                    out.push_value(item.key.as_deref(), &item.value);
                     Ok(())
                 }
                 Some(next_stage) => {
@@ -430,6 +419,15 @@ fn commit<'x>(
     results
 }
 
+impl StepOp {
+    /// Whether this is a `map` whose output is written straight to text when it is the last
+    /// step (see `run_steps_to_output`).
+    #[cfg(test)]
+    fn writes_objects(&self) -> bool {
+        matches!(self, StepOp::Map(expr) if expr.writes_objects())
+    }
+}
+
 impl Step {
     fn error(&self, message: String) -> RecordError {
         RecordError {
@@ -481,6 +479,43 @@ fn run_steps<'x>(
     }
 }
 
+/// Runs `item` through `steps` (ending in no window) and appends what comes out to `out`. A
+/// last `map` building an object with literal keys writes its text straight into `out`.
+fn run_steps_to_output<'x>(
+    steps: &'x [Step],
+    item: Item<'x>,
+    out: &mut Outputs,
+) -> Result<(), RecordError> {
+    let fused = match steps.split_last() {
+        Some((last, init)) => match &last.op {
+            StepOp::Map(expr) if expr.writes_objects() => Some((last, expr, init)),
+            _ => None,
+        },
+        None => None,
+    };
+    let Some((last, expr, init)) = fused else {
+        return run_steps(steps, item, &mut |item| {
+            out.push_value(item.key.as_deref(), &item.value);
+            Ok(())
+        });
+    };
+    run_steps(init, item, &mut |item| {
+        let mut written = Written::Fallback;
+        out.push_with(item.key.as_deref(), |payload| {
+            written = expr.write_object(&item.value, payload);
+            written == Written::Output
+        });
+        match written {
+            Written::Output | Written::Nothing => Ok(()),
+            Written::Failed(message) => Err(last.error(message)),
+            Written::Fallback => run_steps(std::slice::from_ref(last), item, &mut |item| {
+                out.push_value(item.key.as_deref(), &item.value);
+                Ok(())
+            }),
+        }
+    })
+}
+
 /// The values one record brings to a window: nearly always one, so kept without a `Vec`.
 enum Batch<T> {
     Empty,
@@ -526,13 +561,4 @@ fn key_bytes(key: Value<'_>) -> Cow<'_, [u8]> {
             Cow::Owned(text)
         }
     }
-}
-
-fn emit(out: &mut Vec<OutputRecord>, item: Item<'_>, capacity: usize) {
-    let mut payload = Vec::with_capacity(capacity);
-    write::write_value(&mut payload, &item.value, NonFinite::Json);
-    out.push(OutputRecord {
-        key: item.key.map(Cow::into_owned),
-        payload,
-    });
 }

@@ -30,6 +30,19 @@ impl ExprPath {
     }
 }
 
+/// What [`JqExpr::write_object`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Written {
+    /// The output's text was appended.
+    Output,
+    /// The expression yields nothing for this input.
+    Nothing,
+    /// Not written: run the expression through [`JqExpr::for_each`] instead.
+    Fallback,
+    /// The record fails with this message.
+    Failed(String),
+}
+
 /// A compiled jq expression.
 #[derive(Debug)]
 pub(crate) struct JqExpr {
@@ -152,6 +165,29 @@ impl JqExpr {
             ))),
             Ok(()) => Ok(()),
         }
+    }
+
+    /// Appends the JSON text of the expression's output when it is an object construction
+    /// with literal keys on the fast path (`{user: .user, n: 1}`), without building the object.
+    /// On anything but [`Written::Output`], `out` may hold a partial text the caller drops.
+    pub(crate) fn write_object(&self, input: &Value<'_>, out: &mut Vec<u8>) -> Written {
+        let Some([single]) = self.fast.as_deref() else {
+            return Written::Fallback;
+        };
+        let Some(entries) = fast::literal_object(single) else {
+            return Written::Fallback;
+        };
+        match fast::write_object(entries, input, out) {
+            Ok(true) => Written::Output,
+            Ok(false) => Written::Nothing,
+            Err(fast::Bail::TooLarge) => Written::Failed(too_large()),
+            Err(_) => Written::Fallback,
+        }
+    }
+
+    /// Whether [`JqExpr::write_object`] can apply.
+    pub(crate) fn writes_objects(&self) -> bool {
+        matches!(self.fast.as_deref(), Some([single]) if fast::literal_object(single).is_some())
     }
 
     /// Forgets the fast path, so jaq runs every record (for comparisons).

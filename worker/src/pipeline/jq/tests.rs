@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 
 use proptest::prelude::*;
 
-use super::JqExpr;
 use super::fast::Bail;
+use super::{JqExpr, Written};
 use crate::pipeline::parse::parse;
 use crate::pipeline::value::Value;
 use crate::pipeline::write::{NonFinite, write_value};
@@ -207,11 +207,15 @@ const JAQ_ONLY: &[&str] = &[
 
 /// The compact text of each output, as jaq writes it.
 fn texts(values: &[Value<'_>]) -> Vec<String> {
+    texts_as(values, NonFinite::JaqText)
+}
+
+fn texts_as(values: &[Value<'_>], non_finite: NonFinite) -> Vec<String> {
     values
         .iter()
         .map(|v| {
             let mut out = Vec::new();
-            write_value(&mut out, v, NonFinite::JaqText);
+            write_value(&mut out, v, non_finite);
             String::from_utf8_lossy(&out).into_owned()
         })
         .collect()
@@ -251,6 +255,7 @@ fn check(code: &str, expr: &JqExpr, input: &Value<'_>, shown: &str) -> bool {
         jaq,
         "`{code}` on {shown}: pipeline path differs from jaq"
     );
+    check_written_object(code, expr, input, shown);
     match expr.eval_fast_only(input) {
         None => false,
         Some(Ok(values)) => {
@@ -271,6 +276,51 @@ fn check(code: &str, expr: &JqExpr, input: &Value<'_>, shown: &str) -> bool {
         Some(Err(Bail::Unsupported)) => true,
         Some(Err(Bail::TooLarge)) => unreachable!("handled above"),
     }
+}
+
+/// An object written straight to text must be the text of jaq's output, as output records
+/// write it (`NonFinite::Json`); an expression that errors in jaq must not be written.
+fn check_written_object(code: &str, expr: &JqExpr, input: &Value<'_>, shown: &str) {
+    let mut written = Vec::new();
+    let outcome = expr.write_object(input, &mut written);
+    let jaq = expr
+        .eval_jaq_only(input)
+        .map(|values| texts_as(&values, NonFinite::Json));
+    match outcome {
+        Written::Output => assert_eq!(
+            jaq,
+            Ok(vec![String::from_utf8_lossy(&written).into_owned()]),
+            "`{code}` on {shown}: written object differs from jaq"
+        ),
+        Written::Nothing => assert_eq!(jaq, Ok(vec![]), "`{code}` on {shown}: jaq has output"),
+        Written::Failed(message) => assert!(
+            message.contains("string repetition"),
+            "`{code}` on {shown}: {message}"
+        ),
+        Written::Fallback => {}
+    }
+}
+
+#[test]
+fn objects_with_literal_keys_are_written_without_building_them() {
+    let writes = |code: &str| JqExpr::compile(code).expect("compiles").writes_objects();
+    assert!(writes("{user: .user, n: 1}"));
+    assert!(writes("{user, \"a b\": .n, nested: {x: .nested.x}}"));
+    assert!(
+        !writes("{a: 1, b: 2, a: 3}"),
+        "a repeated key replaces the earlier value"
+    );
+    assert!(!writes("{(.type): .n}"));
+    assert!(!writes("{a: .a}, {b: .b}"));
+    assert!(!writes("[.a]"));
+    let expr = JqExpr::compile("{user: .user, n: (.n + 1)}").expect("compiles");
+    let input = parse(br#"{"user":"a\"b","n":1.5}"#).expect("JSON");
+    let mut text = b"kept".to_vec();
+    assert_eq!(expr.write_object(&input, &mut text), Written::Output);
+    assert_eq!(
+        String::from_utf8_lossy(&text),
+        r#"kept{"user":"a\"b","n":2.5}"#
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod windows;
 
 use streamjob_api::{Aggregate, AggregateFunction, PipelineStep, WindowStep};
 
-use super::{InputRecord, OutputRecord, PartitionState, Pipeline, RecordStats};
+use super::{InputRecord, Outputs, PartitionState, Pipeline, RecordStats};
 
 pub(super) fn filter(code: &str) -> PipelineStep {
     PipelineStep {
@@ -112,7 +112,7 @@ impl Run {
     }
 
     pub(super) fn feed(&mut self, key: Option<&str>, payload: &str) -> Vec<String> {
-        let mut out = Vec::new();
+        let mut out = Outputs::default();
         let input = record(key, payload, 0);
         self.pipeline
             .process(&mut self.state, &input, &mut out, &mut self.stats)
@@ -128,11 +128,11 @@ impl Run {
     }
 }
 
-pub(super) fn texts(out: &[OutputRecord]) -> Vec<String> {
+pub(super) fn texts(out: &Outputs) -> Vec<String> {
     out.iter()
         .map(|o| {
-            let key = o.key.as_deref().map(String::from_utf8_lossy);
-            let payload = String::from_utf8_lossy(&o.payload);
+            let key = o.key.map(String::from_utf8_lossy);
+            let payload = String::from_utf8_lossy(o.payload);
             match key {
                 Some(key) => format!("{key} {payload}"),
                 None => format!("- {payload}"),

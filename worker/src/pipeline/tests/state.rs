@@ -1,7 +1,7 @@
 //! Partition state: serialization, and replay after a restore.
 
 use super::{Run, compile, key_by, map, record, texts, window, window_step};
-use crate::pipeline::{InputRecord, PartitionState, Pipeline, RecordStats};
+use crate::pipeline::{InputRecord, Outputs, PartitionState, Pipeline, RecordStats};
 
 /// A stream with out-of-order, late, dropped records, several keys and a float sum.
 fn replay_stream() -> Vec<String> {
@@ -39,7 +39,7 @@ fn restoring_state_mid_stream_replays_byte_identical_outputs() {
     let pipeline = replay_pipeline();
     let stream = replay_stream();
     let run_range = |state: &mut PartitionState, range: std::ops::Range<usize>| {
-        let mut out = Vec::new();
+        let mut out = Outputs::default();
         let mut stats = RecordStats::default();
         for (offset, payload) in stream.iter().enumerate().take(range.end).skip(range.start) {
             let input = record(None, payload, offset as i64);
@@ -69,8 +69,14 @@ fn restoring_state_mid_stream_replays_byte_identical_outputs() {
             checkpoint
         );
         let (rest, _) = run_range(&mut restored, cut..stream.len());
-        outputs.extend(rest);
-        assert_eq!(outputs, uninterrupted, "restored at record {cut}");
+        for record in rest.to_records() {
+            outputs.push_record(&record);
+        }
+        assert_eq!(
+            outputs.to_records(),
+            uninterrupted.to_records(),
+            "restored at record {cut}"
+        );
         assert_eq!(restored, uninterrupted_state);
     }
 }
@@ -80,7 +86,7 @@ fn identical_states_serialize_identically() {
     let pipeline = replay_pipeline();
     let stream = replay_stream();
     let mut forward = pipeline.new_state();
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     let mut stats = RecordStats::default();
     for payload in &stream[..6] {
         pipeline
@@ -120,7 +126,7 @@ fn float_accumulators_survive_a_checkpoint_bit_for_bit() {
 fn binary_keys_round_trip_through_state_and_results() {
     let pipeline = compile(&[window_step(window("10ms", None, None, None))]);
     let mut state = pipeline.new_state();
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     let mut stats = RecordStats::default();
     let key = [0xff_u8, 0x00, b'a'];
     let input = InputRecord {
@@ -139,6 +145,7 @@ fn binary_keys_round_trip_through_state_and_results() {
     pipeline
         .process(&mut state, &input, &mut out, &mut stats)
         .expect("valid");
+    let out = out.to_records();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].key.as_deref(), Some(&key[..]));
     let payload = String::from_utf8_lossy(&out[0].payload);

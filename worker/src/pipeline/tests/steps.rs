@@ -4,7 +4,7 @@ use super::{Run, compile, filter, key_by, map, named, record, texts, window, win
 use streamjob_api::PipelineStep;
 
 use crate::pipeline::{
-    CompileError, ExprPath, OutputRecord, Pipeline, RecordErrorKind, RecordStats,
+    CompileError, ExprPath, OutputRecord, Outputs, Pipeline, RecordErrorKind, RecordStats,
 };
 
 #[test]
@@ -80,7 +80,7 @@ fn failing_records_report_kind_and_step() {
     ]);
     let mut state = pipeline.new_state();
     let mut stats = RecordStats::default();
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     let mut process = |payload: &str| {
         pipeline
             .process(&mut state, &record(None, payload, 0), &mut out, &mut stats)
@@ -112,10 +112,11 @@ fn failing_records_report_kind_and_step() {
 #[test]
 fn a_record_failing_after_some_outputs_leaves_the_output_untouched() {
     let pipeline = compile(&[map(".[]"), map("10 / .")]);
-    let mut out = vec![OutputRecord {
+    let mut out = Outputs::default();
+    out.push_record(&OutputRecord {
         key: None,
         payload: b"earlier".to_vec(),
-    }];
+    });
     let mut state = pipeline.new_state();
     let result = pipeline.process(
         &mut state,
@@ -191,4 +192,38 @@ fn compile_error_is_an_error_type() {
         message: "x".to_owned(),
     });
     assert_eq!(error.to_string(), "pipeline step 3: x");
+}
+
+#[test]
+fn a_last_map_written_straight_to_text_gives_the_records_and_errors_of_jaq() {
+    let inputs = [
+        r#"{"type":"click","user":"u\"1","n":2}"#,
+        r#"{"type":"view","user":null,"n":0.5}"#,
+        r#"{"type":"click","n":"x"}"#,
+        r#"{"type":"click","user":{"id":[1,2]},"n":1e400}"#,
+    ];
+    for code in [
+        "{user: .user, n: 1}",
+        "{user, n: (.n + 1), page: \"/\\(.type)\"}",
+        "{a: select(.n > 1), b: .user}",
+    ] {
+        let steps = [filter(r#".type == "click""#), map(code)];
+        let fast = compile(&steps);
+        assert!(fast.segments[0].steps[1].op.writes_objects(), "{code}");
+        let jaq = compile(&steps).without_fast_path();
+        for input in inputs {
+            let run = |pipeline: &Pipeline| {
+                let mut out = Outputs::default();
+                let mut state = pipeline.new_state();
+                let result = pipeline.process(
+                    &mut state,
+                    &record(Some("k"), input, 0),
+                    &mut out,
+                    &mut RecordStats::default(),
+                );
+                (texts(&out), result.map_err(|e| e.to_string()))
+            };
+            assert_eq!(run(&fast), run(&jaq), "`{code}` on {input}");
+        }
+    }
 }

@@ -6,7 +6,7 @@ use super::{
 };
 use streamjob_api::{AggregateFunction, WindowStep};
 
-use crate::pipeline::{RecordErrorKind, RecordStats};
+use crate::pipeline::{Outputs, RecordErrorKind, RecordStats};
 
 #[test]
 fn tumbling_windows_aggregate_per_key_and_fire_when_the_watermark_passes_their_end() {
@@ -160,7 +160,7 @@ fn bad_timestamps_and_aggregate_inputs_fail_the_record_and_leave_state_untouched
     )]);
     let mut state = pipeline.new_state();
     let mut stats = RecordStats::default();
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     for payload in [r#"{"t":1,"v":1}"#, r#"{"t":15,"v":2}"#] {
         pipeline
             .process(
@@ -173,7 +173,7 @@ fn bad_timestamps_and_aggregate_inputs_fail_the_record_and_leave_state_untouched
     }
     let before = (
         state.clone(),
-        out.clone(),
+        out.to_records(),
         stats.window_results,
         stats.late_dropped,
     );
@@ -198,7 +198,7 @@ fn bad_timestamps_and_aggregate_inputs_fail_the_record_and_leave_state_untouched
         assert_eq!(error.step.as_deref(), Some("0:w"));
         let after = (
             state.clone(),
-            out.clone(),
+            out.to_records(),
             stats.window_results,
             stats.late_dropped,
         );
@@ -210,7 +210,7 @@ fn bad_timestamps_and_aggregate_inputs_fail_the_record_and_leave_state_untouched
 fn a_map_with_one_bad_output_adds_none_of_its_outputs_to_a_window() {
     let mut run = Run::new(&[map(".[]"), window_step(window("10ms", None, None, None))]);
     let before = run.state.clone();
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     let result = run.pipeline.process(
         &mut run.state,
         &record(None, r#"[{"t":1,"v":1},{"t":2,"v":"x"}]"#, 0),
@@ -299,7 +299,7 @@ fn processing_time_windows_fire_on_processing_time_progress() {
     let pipeline = compile(&[window_step(step)]);
     let mut state = pipeline.new_state();
     let mut stats = RecordStats::default();
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     for (payload, now) in [
         (r#"{"v":1}"#, 10_100),
         (r#"{"v":2}"#, 10_900),
@@ -338,7 +338,7 @@ fn processing_time_windows_fire_on_processing_time_progress() {
 fn event_time_pipelines_ignore_processing_time() {
     let mut run = Run::new(&[window_step(window("10ms", None, None, None))]);
     run.feed_all(&[r#"{"t":1,"v":1}"#]);
-    let mut out = Vec::new();
+    let mut out = Outputs::default();
     run.pipeline
         .on_processing_time(&mut run.state, i64::MAX, &mut out, &mut run.stats);
     assert!(out.is_empty());

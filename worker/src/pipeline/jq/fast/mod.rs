@@ -9,6 +9,7 @@
 //! combinations handled here only by bailing still get jaq's answer.
 
 mod compile;
+mod write;
 
 use std::borrow::Cow;
 
@@ -18,6 +19,7 @@ use super::super::value::{NULL, Object, Value, compare, equal, object_get, objec
 use super::super::write::to_jaq_text;
 
 pub(crate) use compile::compile;
+pub(crate) use write::{literal_object, write_object};
 
 /// Why the fast path gave up on one input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
