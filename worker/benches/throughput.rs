@@ -149,8 +149,9 @@ fn kafka_props() -> BTreeMap<String, String> {
 
 /// The practical limit: one thread reading every partition as fast as librdkafka hands
 /// records over, touching each payload.
-fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> f64 {
+fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> Measured {
     let consumer = consumer_from_beginning(bootstrap, "bench-raw", topic, partitions);
+    let cpu = CpuMeter::start(std::process::id());
     let start = Instant::now();
     let (mut count, mut bytes, mut done) = (0usize, 0usize, BTreeSet::new());
     while (done.len() as i32) < partitions {
@@ -167,20 +168,22 @@ fn raw_consumer(bootstrap: &str, topic: &str, partitions: i32, records: usize) -
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let measured = cpu.stop(count as f64 / secs, records);
     assert_eq!(count, records, "raw consumer read every record");
     std::hint::black_box(bytes);
-    count as f64 / secs
+    measured
 }
 
 /// Consume + produce without a pipeline: forwards the click records (80%, found by a byte
 /// search) unchanged through the worker's own producer (`kafka::sink_producer`, same
 /// settings). The floor for any job that writes most of its input back to Kafka on the same
 /// machine as the broker.
-fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> f64 {
+fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) -> Measured {
     let out_topic = unique(&format!("{topic}-forward-out"));
     create_topic(bootstrap, &out_topic, partitions);
     let consumer = consumer_from_beginning(bootstrap, "bench-forward", topic, partitions);
     let producer = kafka::sink_producer(bootstrap, &kafka_props()).unwrap();
+    let cpu = CpuMeter::start(std::process::id());
     let start = Instant::now();
     let (mut count, mut done) = (0usize, BTreeSet::new());
     while (done.len() as i32) < partitions {
@@ -210,7 +213,7 @@ fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) ->
     }
     // Timed, like the worker, until every record was read and handed to the producer; the
     // records still queued in librdkafka are then delivered (and checked) off the clock.
-    let rate = count as f64 / start.elapsed().as_secs_f64();
+    let measured = cpu.stop(count as f64 / start.elapsed().as_secs_f64(), records);
     producer.flush(Duration::from_secs(60)).unwrap();
     assert_eq!(
         producer.context().failures(),
@@ -219,7 +222,7 @@ fn raw_forward(bootstrap: &str, topic: &str, partitions: i32, records: usize) ->
     );
     assert_eq!(count, records, "forwarder read every record");
     delete_topic(bootstrap, &out_topic);
-    rate
+    measured
 }
 
 fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
@@ -287,7 +290,7 @@ fn worker(
     bootstrap: &str,
     topic: &str,
     records: usize,
-) -> (f64, f64) {
+) -> (Measured, f64) {
     let run = unique(name);
     let dir = std::env::temp_dir().join(format!("bench-{run}"));
     std::fs::create_dir_all(&dir).unwrap();
@@ -334,6 +337,7 @@ fn worker(
         std::thread::sleep(Duration::from_millis(5));
     }
     let startup = start.elapsed().as_secs_f64();
+    let cpu = CpuMeter::start(child.id());
     let start = Instant::now();
     loop {
         if metrics(port).is_some_and(|m| processed(&m) >= records as i64) {
@@ -352,12 +356,85 @@ fn worker(
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = start.elapsed().as_secs_f64();
+    let measured = cpu.stop(records as f64 / secs, records);
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     let _ = child.wait();
     delete_topic(bootstrap, &out_topic);
-    (records as f64 / secs, startup)
+    (measured, startup)
+}
+
+/// One run: its rate, and the CPU it took per record, in its own process (consumer, hot loop
+/// and producer threads; for the baselines the benchmark's process) and in the broker. CPU
+/// per record is disturbed far less than the rate by the load of others on a shared machine.
+#[derive(Clone, Copy)]
+struct Measured {
+    rate: f64,
+    cpu_us: f64,
+    broker_us: f64,
+}
+
+/// CPU seconds of a process and of the local broker since a start, from `/proc` (Linux).
+struct CpuMeter {
+    pid: u32,
+    broker: Option<u32>,
+    start: (f64, f64),
+}
+
+impl CpuMeter {
+    fn start(pid: u32) -> Self {
+        let broker = broker_pid();
+        let start = (cpu_seconds(pid), broker.map_or(f64::NAN, cpu_seconds));
+        Self { pid, broker, start }
+    }
+
+    fn stop(&self, rate: f64, records: usize) -> Measured {
+        let per_record = |seconds: f64| seconds / records as f64 * 1e6;
+        Measured {
+            rate,
+            cpu_us: per_record(cpu_seconds(self.pid) - self.start.0),
+            broker_us: per_record(self.broker.map_or(f64::NAN, cpu_seconds) - self.start.1),
+        }
+    }
+}
+
+/// User + system CPU seconds of a process (NaN when unreadable).
+fn cpu_seconds(pid: u32) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (field(11), field(12)) {
+        (Some(user), Some(system)) => (user + system) / ticks,
+        _ => f64::NAN,
+    }
+}
+
+/// The local stack's Kafka broker (a JVM running `kafka.Kafka`), if there is one.
+fn broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let is_broker = cmdline.split(|&b| b == 0).any(|arg| arg == b"kafka.Kafka");
+            is_broker.then_some(pid)
+        })
 }
 
 /// SplitMix64: a well-spread 64-bit value per input.
@@ -463,7 +540,7 @@ fn main() {
 /// Every rate measured for one kind of run.
 struct Kind {
     label: String,
-    rates: Vec<f64>,
+    runs: Vec<Measured>,
     /// Whether its ratio to consume + produce means something (it writes 80% back).
     produces: bool,
 }
@@ -472,18 +549,27 @@ impl Kind {
     fn new(label: &str, produces: bool) -> Self {
         Self {
             label: label.to_owned(),
-            rates: Vec::new(),
+            runs: Vec::new(),
             produces,
         }
     }
 
     fn best(&self) -> f64 {
-        self.rates.iter().copied().fold(f64::NAN, f64::max)
+        self.runs.iter().map(|r| r.rate).fold(f64::NAN, f64::max)
     }
 
-    fn record(&mut self, rate: f64) {
-        println!("  {}: {rate:.0} records/s", self.label);
-        self.rates.push(rate);
+    /// The least CPU per record over the rounds (own process, broker).
+    fn least_cpu(&self) -> (f64, f64) {
+        let least = |f: fn(&Measured) -> f64| self.runs.iter().map(f).fold(f64::NAN, f64::min);
+        (least(|r| r.cpu_us), least(|r| r.broker_us))
+    }
+
+    fn record(&mut self, run: Measured) {
+        println!(
+            "  {}: {:.0} records/s, CPU {:.2} µs/record (broker {:.2})",
+            self.label, run.rate, run.cpu_us, run.broker_us
+        );
+        self.runs.push(run);
     }
 }
 
@@ -536,8 +622,8 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
             forward.record(raw_forward(&bootstrap, &topic, partitions, records));
         }
         for (kind, part, pipeline, binary) in &mut workers {
-            let (rate, startup) = worker(binary, part, pipeline, &bootstrap, &topic, records);
-            kind.record(rate);
+            let (run, startup) = worker(binary, part, pipeline, &bootstrap, &topic, records);
+            kind.record(run);
             println!("    (start-up {startup:.2}s excluded)");
         }
     }
@@ -547,22 +633,23 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
         record(1).1.len()
     );
     println!(
-        "| run | records/s (every round) | best | ratio to raw consume | ratio to raw consume + produce |"
+        "| run | records/s (every round) | best | ratio to raw consume | ratio to raw consume + produce | CPU µs/record: own process, broker (least of the rounds) |"
     );
-    println!("| --- | --- | ---: | ---: | ---: |");
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
     let kinds = [&raw, &forward]
         .into_iter()
         .chain(workers.iter().map(|(kind, ..)| kind));
     for kind in kinds {
         let best = kind.best();
-        let every: Vec<String> = kind.rates.iter().map(|r| format!("{r:.0}")).collect();
+        let every: Vec<String> = kind.runs.iter().map(|r| format!("{:.0}", r.rate)).collect();
         let to_forward = if kind.produces {
             format!("{:.2}", best / forward_best)
         } else {
             String::new()
         };
+        let (cpu, broker) = kind.least_cpu();
         println!(
-            "| {} | {} | {best:.0} | {:.2} | {to_forward} |",
+            "| {} | {} | {best:.0} | {:.2} | {to_forward} | {cpu:.2}, {broker:.2} |",
             kind.label,
             every.join(", "),
             best / raw_best
