@@ -40,6 +40,15 @@ pub struct PartitionRestore {
     pub savepoint: String,
 }
 
+/// A plan's order to snapshot every running partition into a savepoint when moving to the
+/// plan's epoch: `{id: ID}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointOrder {
+    /// The savepoint's id (`e<epoch>-<reason>`), its directory under `savepoints/`.
+    pub id: String,
+}
+
 /// Everything a worker needs to run its share of a job.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -55,6 +64,9 @@ pub struct Plan {
     /// Partitions that restore from something other than their latest checkpoint.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub restore: BTreeMap<i32, PartitionRestore>,
+    /// Savepoint to write, before anything moves, by every worker entering this epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint: Option<SavepointOrder>,
 }
 
 /// A plan that cannot be used.
@@ -125,6 +137,7 @@ impl Plan {
             spec: job.spec,
             assignment: BTreeMap::from([(STANDALONE_POD.to_owned(), (0..partitions).collect())]),
             restore: BTreeMap::new(),
+            savepoint: None,
         })
     }
 
@@ -206,6 +219,7 @@ assignment:
   clicks-b: [1, 3]
 restore:
   1: {savepoint: sp-7}
+savepoint: {id: e4-rescale}
 "#;
 
     #[test]
@@ -223,6 +237,25 @@ restore:
         assert_eq!(plan.group_id(), "streamjob.team-a.clicks");
         assert_eq!(plan.spec.parallelism, 1, "spec defaults apply");
         assert_eq!(plan.spec.checkpoint.retained, 3);
+        assert_eq!(
+            plan.savepoint,
+            Some(SavepointOrder {
+                id: "e4-rescale".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_plan_without_a_savepoint_order_parses_and_writes_none() {
+        let text = PLAN.replace("savepoint: {id: e4-rescale}\n", "");
+        let plan: Plan = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(plan.savepoint, None);
+        let written = serde_yaml::to_string(&plan).unwrap();
+        assert!(!written.contains("savepoint: null"), "{written}");
+        let mut ordered = plan;
+        ordered.savepoint = Some(SavepointOrder { id: "e5-x".into() });
+        let written = serde_yaml::to_string(&ordered).unwrap();
+        assert!(written.contains("savepoint:\n  id: e5-x"), "{written}");
     }
 
     #[test]

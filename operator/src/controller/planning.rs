@@ -76,6 +76,7 @@ pub fn next_plan(input: &PlanInput<'_>) -> Plan {
         spec: input.job.spec.clone(),
         assignment: normalized(&assignment),
         restore: BTreeMap::new(),
+        savepoint: None,
     }
 }
 

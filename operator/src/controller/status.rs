@@ -390,6 +390,7 @@ mod tests {
                 .map(|(pod, ps)| ((*pod).to_owned(), ps.to_vec()))
                 .collect(),
             restore: BTreeMap::new(),
+            savepoint: None,
         }
     }
 
