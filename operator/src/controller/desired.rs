@@ -65,10 +65,11 @@ pub struct WorkerDefaults {
     pub image: String,
 }
 
-/// Builds the children of `job` (in `namespace`) running `plan`.
+/// Builds the children of `job` (in `namespace`, its topic having `partitions`) running `plan`.
 pub fn children(
     job: &StreamJob,
     namespace: &str,
+    partitions: i32,
     plan: &Plan,
     owner: OwnerReference,
     defaults: &WorkerDefaults,
@@ -138,7 +139,7 @@ pub fn children(
             json!({
                 "metadata": meta(names.workers()),
                 "spec": {
-                    "replicas": replicas(job),
+                    "replicas": replicas(job, partitions),
                     "selector": { "matchLabels": names.selector() },
                     "template": pod_template(job, &names, defaults),
                 },
@@ -147,10 +148,11 @@ pub fn children(
     })
 }
 
-/// Worker count: the spec's parallelism, none while suspended.
-pub fn replicas(job: &StreamJob) -> i32 {
+/// Worker count: the spec's parallelism capped at the topic's partition count (a worker
+/// owns whole partitions, so more would idle), none while suspended.
+pub fn replicas(job: &StreamJob, partitions: i32) -> i32 {
     match job.spec.state {
-        JobState::Running => job.spec.parallelism,
+        JobState::Running => job.spec.parallelism.min(partitions.max(1)),
         JobState::Suspended => 0,
     }
 }
@@ -276,7 +278,7 @@ mod tests {
         let defaults = WorkerDefaults {
             image: "streamjob:test".into(),
         };
-        children(job, "team-a", &plan, owner(), &defaults).unwrap()
+        children(job, "team-a", 2, &plan, owner(), &defaults).unwrap()
     }
 
     fn worker(children: &Children) -> Container {
@@ -345,10 +347,10 @@ mod tests {
 
     #[test]
     fn the_deployment_runs_parallelism_workers_locked_down() {
-        let job = StreamJob::test("clicks").parallelism(3);
+        let job = StreamJob::test("clicks").parallelism(2);
         let children = build_for(&job);
         let spec = children.deployment.spec.clone().unwrap();
-        assert_eq!(spec.replicas, Some(3));
+        assert_eq!(spec.replicas, Some(2));
         let pod = spec.template.spec.clone().unwrap();
         assert_eq!(pod.service_account_name.as_deref(), Some("clicks-worker"));
         assert!(pod.termination_grace_period_seconds.unwrap() > SHUTDOWN_DEADLINE_SECONDS);
@@ -362,6 +364,13 @@ mod tests {
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
         assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+    }
+
+    #[test]
+    fn parallelism_is_capped_at_the_partition_count() {
+        let job = StreamJob::test("clicks").parallelism(5);
+        assert_eq!(replicas(&job, 2), 2);
+        assert_eq!(replicas(&job, 8), 5);
     }
 
     #[test]

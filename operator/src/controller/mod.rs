@@ -11,6 +11,8 @@ mod malformed;
 pub mod names;
 pub mod observe;
 pub mod planning;
+pub mod rescale;
+pub mod savepoint;
 pub mod status;
 pub mod validate;
 
@@ -347,7 +349,14 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 pods: &observed.pods,
             });
             let owner = job.controller_owner_ref(&()).unwrap_or_default();
-            let children = desired::children(&runnable, &namespace, &plan, owner, &ctx.defaults)?;
+            let children = desired::children(
+                &runnable,
+                &namespace,
+                partitions,
+                &plan,
+                owner,
+                &ctx.defaults,
+            )?;
             apply::apply(&ctx.client, &namespace, &children).await?;
             let generation = (uid(job), job.metadata.generation.unwrap_or(0));
             let needs_prune = !ctx

@@ -12,6 +12,7 @@ use streamjob_worker::plan::Plan;
 
 use super::{
     Blocker,
+    desired::replicas,
     names::ChildNames,
     observe::Observed,
     planning::{PodLifecycle, WorkerPod},
@@ -222,8 +223,8 @@ fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, 
         };
     }
 
-    let wanted = usize::try_from(input.job.spec.parallelism).unwrap_or(0);
     let partitions = input.observed.topic.as_ref().map_or(0, |t| t.partitions);
+    let wanted = usize::try_from(replicas(input.job, partitions)).unwrap_or(0);
     let ready_owner = |pod: &str| is_ready(pods, pod);
     let unserved = (0..partitions)
         .filter(|partition| {
@@ -264,16 +265,16 @@ fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, 
     };
     match waiting {
         None => {
-            let idle = wanted.saturating_sub(usize::try_from(partitions).unwrap_or(0));
             let mut message = format!(
                 "{} {} {} in epoch {epoch}",
                 count_of(live, "worker"),
                 if live == 1 { "runs" } else { "run" },
                 count_of(usize::try_from(partitions).unwrap_or(0), "partition"),
             );
-            if idle > 0 {
+            if input.job.spec.parallelism > partitions {
                 message.push_str(&format!(
-                    "; {idle} workers are idle: the topic has only {partitions} partitions"
+                    "; parallelism {} is capped at the topic's {partitions} partitions",
+                    input.job.spec.parallelism
                 ));
             }
             (
@@ -434,6 +435,29 @@ mod tests {
         assert_eq!(
             status.assignment[1].lag, None,
             "no checkpoint, no lag figure"
+        );
+    }
+
+    #[test]
+    fn parallelism_above_the_partition_count_is_capped_and_said() {
+        let job = StreamJob::test("clicks").parallelism(5);
+        let observed = observed(vec![
+            pod("a", true, PodLifecycle::Live),
+            pod("b", true, PodLifecycle::Live),
+        ]);
+        let plan = plan(&[("a", &[0]), ("b", &[1])]);
+        let status = status(&StatusInput {
+            job: &job,
+            observed: &observed,
+            plan: Some(&plan),
+            blocker: None,
+            now: now(),
+        });
+        let ready = condition(&status, "Ready");
+        assert_eq!(ready.status, "True");
+        assert_eq!(
+            ready.message,
+            "2 workers run 2 partitions in epoch 3; parallelism 5 is capped at the topic's 2 partitions"
         );
     }
 

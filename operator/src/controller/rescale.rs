@@ -1,0 +1,586 @@
+//! Rescale: the coordinated-savepoint handover of docs/design.md as a state machine (pure).
+//!
+//! Every reconcile derives the step from what it observed (the job's `status.rescale`, the
+//! published plan, the pods, the savepoint parts in storage), so an operator killed at any
+//! step continues from there: no step depends on memory of the previous reconcile.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use streamjob_api::{RescaleStatus, RescaleStep};
+use streamjob_worker::plan::{PartitionRestore, Plan, SavepointOrder};
+
+use super::planning::{PodLifecycle, WorkerPod};
+use crate::assignment::{self, Assignment};
+
+/// Everything the next rescale step depends on.
+#[derive(Debug)]
+pub struct RescaleInput<'a> {
+    /// Worker count the spec asks for (capped at the partition count; 0 when suspended).
+    pub target: i32,
+    /// The rescale in flight (`status.rescale`), if any.
+    pub current: Option<&'a RescaleStatus>,
+    /// The published plan.
+    pub plan: &'a Plan,
+    /// The job's worker pods.
+    pub pods: &'a [WorkerPod],
+    /// Partition count of the source topic.
+    pub partitions: i32,
+    /// Partitions whose part of the rescale's savepoint is in storage.
+    pub parts: &'a BTreeSet<i32>,
+    /// Now.
+    pub now: jiff::Timestamp,
+    /// How long workers get to write their savepoint parts.
+    pub part_timeout: jiff::SignedDuration,
+}
+
+/// What the controller does in this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// No rescale: the plan follows the pods as usual.
+    Steady,
+    /// The Deployment grows to `status.to` first; the plan stays as published.
+    ScalingUp(RescaleStatus),
+    /// Publish `plan`, the handover epoch with its savepoint order, and wait for the parts
+    /// of `missing`.
+    Savepointing {
+        /// Progress to record.
+        status: RescaleStatus,
+        /// The handover plan.
+        plan: Plan,
+        /// Partitions whose part is not in storage yet.
+        missing: Vec<i32>,
+    },
+    /// Parts did not come in time: publish `plan`, in which those partitions restore from
+    /// their newest checkpoints instead (they replay from its offset; nothing is lost).
+    FallingBack {
+        /// Progress to record.
+        status: RescaleStatus,
+        /// The plan without the missing parts' restore entries, one epoch later.
+        plan: Plan,
+        /// Partitions that fell back.
+        missing: Vec<i32>,
+    },
+    /// The savepoint is complete (its manifest is written in this step) or abandoned; the
+    /// new owners are starting.
+    HandingOver(RescaleStatus),
+    /// Pods without partitions are marked for deletion and the Deployment shrinks.
+    ScalingDown {
+        /// Progress to record.
+        status: RescaleStatus,
+        /// Pods to remove (the ones the plan leaves without partitions).
+        remove: Vec<String>,
+    },
+    /// Finished: `status.rescale` is cleared.
+    Done,
+}
+
+impl Decision {
+    /// The rescale status to record, if one is in flight.
+    pub fn status(&self) -> Option<&RescaleStatus> {
+        match self {
+            Decision::ScalingUp(status) | Decision::HandingOver(status) => Some(status),
+            Decision::Savepointing { status, .. }
+            | Decision::FallingBack { status, .. }
+            | Decision::ScalingDown { status, .. } => Some(status),
+            Decision::Steady | Decision::Done => None,
+        }
+    }
+
+    /// Replicas the worker Deployment must have during this step: the larger count until
+    /// the handover is over, so no pod that still owns partitions is removed.
+    pub fn replicas(&self, target: i32) -> i32 {
+        match self.status() {
+            Some(status) if !matches!(self, Decision::ScalingDown { .. }) => {
+                status.from.max(status.to)
+            }
+            _ => target,
+        }
+    }
+}
+
+/// The savepoint id of the rescale that moves to `epoch`.
+pub fn savepoint_id(epoch: u64) -> String {
+    format!("e{epoch}-rescale")
+}
+
+/// The step to take now.
+pub fn next_step(input: &RescaleInput<'_>) -> Decision {
+    let live: Vec<&WorkerPod> = input
+        .pods
+        .iter()
+        .filter(|p| p.lifecycle == PodLifecycle::Live)
+        .collect();
+    let Some(current) = input.current else {
+        return start(input, live.len());
+    };
+    let live_count = i32::try_from(live.len()).unwrap_or(i32::MAX);
+    match current.step {
+        RescaleStep::ScalingUp if live_count < current.to => Decision::ScalingUp(current.clone()),
+        RescaleStep::ScalingUp | RescaleStep::Savepointing => savepointing(input, current),
+        RescaleStep::HandingOver => handing_over(input, current),
+        RescaleStep::ScalingDown => {
+            let remove = idle_pods(input.plan, &live);
+            if remove.is_empty() && live_count <= current.to {
+                Decision::Done
+            } else {
+                Decision::ScalingDown {
+                    status: current.clone(),
+                    remove,
+                }
+            }
+        }
+    }
+}
+
+/// A rescale starts when the job runs and the worker count it asks for differs from the
+/// number of pods that own partitions. The first start of a job is not a rescale.
+fn start(input: &RescaleInput<'_>, live: usize) -> Decision {
+    let owners = input
+        .plan
+        .assignment
+        .values()
+        .filter(|held| !held.is_empty())
+        .count();
+    let owners = i32::try_from(owners).unwrap_or(i32::MAX);
+    if input.plan.epoch == 0 || owners == 0 || input.target == 0 || owners == input.target {
+        return Decision::Steady;
+    }
+    let epoch = input.plan.epoch + 1;
+    let status = RescaleStatus {
+        from: owners,
+        to: input.target,
+        epoch: i64::try_from(epoch).unwrap_or(i64::MAX),
+        savepoint: savepoint_id(epoch),
+        step: RescaleStep::ScalingUp,
+        started: Time(input.now),
+    };
+    if i32::try_from(live).unwrap_or(i32::MAX) < input.target {
+        return Decision::ScalingUp(status);
+    }
+    savepointing(input, &status)
+}
+
+fn savepointing(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
+    let status = RescaleStatus {
+        step: RescaleStep::Savepointing,
+        ..current.clone()
+    };
+    let epoch = u64::try_from(current.epoch).unwrap_or(0);
+    // The handover plan once published stays the one in force (idempotent on restart).
+    let plan = if input.plan.epoch >= epoch {
+        input.plan.clone()
+    } else {
+        handover_plan(input, current)
+    };
+    let missing: Vec<i32> = (0..input.partitions)
+        .filter(|p| !input.parts.contains(p))
+        .collect();
+    if missing.is_empty() {
+        return Decision::HandingOver(RescaleStatus {
+            step: RescaleStep::HandingOver,
+            ..status
+        });
+    }
+    let late = input.now.duration_since(current.started.0) > input.part_timeout;
+    if late && input.plan.epoch >= epoch {
+        let mut fallback = plan;
+        fallback.epoch += 1;
+        fallback.savepoint = None;
+        for partition in &missing {
+            fallback.restore.remove(partition);
+        }
+        return Decision::FallingBack {
+            status: RescaleStatus {
+                step: RescaleStep::HandingOver,
+                epoch: i64::try_from(fallback.epoch).unwrap_or(i64::MAX),
+                ..status
+            },
+            plan: fallback,
+            missing,
+        };
+    }
+    Decision::Savepointing {
+        status,
+        plan,
+        missing,
+    }
+}
+
+fn handing_over(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
+    let owners_ready = input.plan.assignment.iter().all(|(pod, held)| {
+        held.is_empty()
+            || input
+                .pods
+                .iter()
+                .any(|p| &p.name == pod && p.ready && p.lifecycle == PodLifecycle::Live)
+    });
+    if !owners_ready {
+        return Decision::HandingOver(current.clone());
+    }
+    if current.to < current.from {
+        let live: Vec<&WorkerPod> = input
+            .pods
+            .iter()
+            .filter(|p| p.lifecycle == PodLifecycle::Live)
+            .collect();
+        return Decision::ScalingDown {
+            status: RescaleStatus {
+                step: RescaleStep::ScalingDown,
+                ..current.clone()
+            },
+            remove: idle_pods(input.plan, &live),
+        };
+    }
+    Decision::Done
+}
+
+/// The plan of the handover epoch: a sticky assignment over the pods that stay, a
+/// savepoint order, and a savepoint restore for every partition that changes owner.
+fn handover_plan(input: &RescaleInput<'_>, current: &RescaleStatus) -> Plan {
+    let staying = staying_pods(input, usize::try_from(current.to).unwrap_or(0));
+    let assignment = assignment::assign(input.partitions, &staying, &input.plan.assignment);
+    let restore: BTreeMap<i32, PartitionRestore> =
+        assignment::moved(&input.plan.assignment, &assignment)
+            .into_iter()
+            .filter(|p| (0..input.partitions).contains(p))
+            .map(|p| {
+                let restore = PartitionRestore {
+                    savepoint: current.savepoint.clone(),
+                };
+                (p, restore)
+            })
+            .collect();
+    Plan {
+        job: input.plan.job.clone(),
+        epoch: u64::try_from(current.epoch).unwrap_or(0),
+        spec: input.plan.spec.clone(),
+        assignment: assignment
+            .into_iter()
+            .filter(|(_, held)| !held.is_empty())
+            .collect(),
+        restore,
+        savepoint: Some(SavepointOrder {
+            id: current.savepoint.clone(),
+        }),
+    }
+}
+
+/// The `count` live pods that keep (or get) partitions: those holding the most stay, so
+/// the fewest partitions move; ties go by name.
+fn staying_pods(input: &RescaleInput<'_>, count: usize) -> Vec<String> {
+    let held = |pod: &str| input.plan.assignment.get(pod).map_or(0, Vec::len);
+    let mut live: Vec<&WorkerPod> = input
+        .pods
+        .iter()
+        .filter(|p| p.lifecycle == PodLifecycle::Live)
+        .collect();
+    live.sort_by(|a, b| held(&b.name).cmp(&held(&a.name)).then(a.name.cmp(&b.name)));
+    live.into_iter()
+        .take(count)
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Live pods the plan gives no partition.
+fn idle_pods(plan: &Plan, live: &[&WorkerPod]) -> Vec<String> {
+    live.iter()
+        .filter(|p| plan.assignment.get(&p.name).is_none_or(Vec::is_empty))
+        .map(|p| p.name.clone())
+        .collect()
+}
+
+/// Owners of each partition in `assignment` (for tests and events).
+pub fn owners(assignment: &Assignment) -> BTreeMap<i32, &str> {
+    assignment
+        .iter()
+        .flat_map(|(pod, held)| held.iter().map(move |p| (*p, pod.as_str())))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use streamjob_api::StreamJob;
+    use streamjob_worker::plan::JobRef;
+
+    use super::*;
+
+    fn live(names: &[&str]) -> Vec<WorkerPod> {
+        names
+            .iter()
+            .map(|n| WorkerPod {
+                name: (*n).into(),
+                lifecycle: PodLifecycle::Live,
+                ready: true,
+            })
+            .collect()
+    }
+
+    fn plan(epoch: u64, assignment: &[(&str, &[i32])]) -> Plan {
+        Plan {
+            job: JobRef {
+                namespace: "ns".into(),
+                name: "clicks".into(),
+            },
+            epoch,
+            spec: StreamJob::test("clicks").spec,
+            assignment: assignment
+                .iter()
+                .map(|(pod, ps)| ((*pod).to_owned(), ps.to_vec()))
+                .collect(),
+            restore: BTreeMap::new(),
+            savepoint: None,
+        }
+    }
+
+    fn t(seconds: i64) -> jiff::Timestamp {
+        jiff::Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    struct Case {
+        target: i32,
+        current: Option<RescaleStatus>,
+        plan: Plan,
+        pods: Vec<WorkerPod>,
+        parts: BTreeSet<i32>,
+        now: jiff::Timestamp,
+    }
+
+    impl Case {
+        fn step(&self) -> Decision {
+            next_step(&RescaleInput {
+                target: self.target,
+                current: self.current.as_ref(),
+                plan: &self.plan,
+                pods: &self.pods,
+                partitions: 4,
+                parts: &self.parts,
+                now: self.now,
+                part_timeout: jiff::SignedDuration::from_secs(60),
+            })
+        }
+    }
+
+    fn two_workers() -> Plan {
+        plan(3, &[("a", &[0, 1]), ("b", &[2, 3])])
+    }
+
+    #[test]
+    fn equal_counts_or_a_first_start_are_not_a_rescale() {
+        let case = Case {
+            target: 2,
+            current: None,
+            plan: two_workers(),
+            pods: live(&["a", "b"]),
+            parts: BTreeSet::new(),
+            now: t(0),
+        };
+        assert_eq!(case.step(), Decision::Steady);
+        let first = Case {
+            target: 2,
+            plan: plan(0, &[]),
+            ..case
+        };
+        assert_eq!(first.step(), Decision::Steady);
+    }
+
+    #[test]
+    fn scaling_up_waits_for_the_new_pods_with_the_plan_unchanged() {
+        let case = Case {
+            target: 4,
+            current: None,
+            plan: two_workers(),
+            pods: live(&["a", "b", "c"]),
+            parts: BTreeSet::new(),
+            now: t(0),
+        };
+        let Decision::ScalingUp(status) = case.step() else {
+            panic!("expected ScalingUp, got {:?}", case.step());
+        };
+        assert_eq!((status.from, status.to, status.epoch), (2, 4, 4));
+        assert_eq!(status.savepoint, "e4-rescale");
+        assert_eq!(case.step().replicas(4), 4);
+    }
+
+    #[test]
+    fn with_every_pod_there_the_handover_plan_moves_only_what_balance_needs() {
+        let scaling_up = Case {
+            target: 4,
+            current: None,
+            plan: two_workers(),
+            pods: live(&["a", "b", "c"]),
+            parts: BTreeSet::new(),
+            now: t(0),
+        };
+        let Decision::ScalingUp(status) = scaling_up.step() else {
+            panic!("expected ScalingUp");
+        };
+        let case = Case {
+            current: Some(status),
+            pods: live(&["a", "b", "c", "d"]),
+            now: t(5),
+            ..scaling_up
+        };
+        let Decision::Savepointing { plan, missing, .. } = case.step() else {
+            panic!("expected Savepointing, got {:?}", case.step());
+        };
+        assert_eq!(plan.epoch, 4);
+        assert_eq!(plan.savepoint.as_ref().unwrap().id, "e4-rescale");
+        assert_eq!(missing, vec![0, 1, 2, 3]);
+        let owners = owners(&plan.assignment);
+        assert_eq!(plan.assignment.len(), 4, "every pod owns one partition");
+        let moved: Vec<i32> = plan.restore.keys().copied().collect();
+        assert_eq!(moved.len(), 2, "two partitions move, two stay: {owners:?}");
+        for p in &moved {
+            assert!(
+                ["c", "d"].contains(&owners[p]),
+                "moved partitions go to the new pods"
+            );
+            assert_eq!(plan.restore[p].savepoint, "e4-rescale");
+        }
+    }
+
+    #[test]
+    fn all_parts_in_storage_complete_the_savepoint_then_the_rescale() {
+        let mut handover = two_workers();
+        handover.epoch = 4;
+        let status = RescaleStatus {
+            from: 2,
+            to: 4,
+            epoch: 4,
+            savepoint: "e4-rescale".into(),
+            step: RescaleStep::Savepointing,
+            started: Time(t(0)),
+        };
+        let case = Case {
+            target: 4,
+            current: Some(status),
+            plan: handover,
+            pods: live(&["a", "b", "c", "d"]),
+            parts: (0..4).collect(),
+            now: t(3),
+        };
+        let Decision::HandingOver(next) = case.step() else {
+            panic!("expected HandingOver, got {:?}", case.step());
+        };
+        let case = Case {
+            current: Some(next),
+            ..case
+        };
+        assert_eq!(
+            case.step(),
+            Decision::Done,
+            "owners are ready, nothing to remove"
+        );
+    }
+
+    #[test]
+    fn late_parts_fall_back_to_checkpoints_in_a_new_epoch() {
+        let mut handover = plan(4, &[("a", &[0]), ("b", &[2]), ("c", &[1]), ("d", &[3])]);
+        handover.savepoint = Some(SavepointOrder {
+            id: "e4-rescale".into(),
+        });
+        for p in [1, 3] {
+            handover.restore.insert(
+                p,
+                PartitionRestore {
+                    savepoint: "e4-rescale".into(),
+                },
+            );
+        }
+        let status = RescaleStatus {
+            from: 2,
+            to: 4,
+            epoch: 4,
+            savepoint: "e4-rescale".into(),
+            step: RescaleStep::Savepointing,
+            started: Time(t(0)),
+        };
+        let mut case = Case {
+            target: 4,
+            current: Some(status),
+            plan: handover,
+            pods: live(&["a", "b", "c", "d"]),
+            parts: BTreeSet::from([0, 1, 2]),
+            now: t(30),
+        };
+        assert!(
+            matches!(case.step(), Decision::Savepointing { ref missing, .. } if *missing == vec![3])
+        );
+        case.now = t(61);
+        let Decision::FallingBack {
+            plan,
+            missing,
+            status,
+        } = case.step()
+        else {
+            panic!("expected FallingBack, got {:?}", case.step());
+        };
+        assert_eq!(missing, vec![3]);
+        assert_eq!(plan.epoch, 5);
+        assert!(plan.savepoint.is_none());
+        assert!(
+            !plan.restore.contains_key(&3),
+            "partition 3 restores from its checkpoint"
+        );
+        assert!(
+            plan.restore.contains_key(&1),
+            "partition 1's part is there: it is used"
+        );
+        assert_eq!(status.step, RescaleStep::HandingOver);
+    }
+
+    #[test]
+    fn scaling_down_moves_partitions_off_the_leaving_pods_before_removing_them() {
+        let current = plan(3, &[("a", &[0, 1]), ("b", &[2]), ("c", &[3])]);
+        let case = Case {
+            target: 2,
+            current: None,
+            plan: current,
+            pods: live(&["a", "b", "c"]),
+            parts: BTreeSet::new(),
+            now: t(0),
+        };
+        let step = case.step();
+        assert_eq!(step.replicas(2), 3, "no pod goes before the handover");
+        let Decision::Savepointing { plan, status, .. } = step else {
+            panic!("expected Savepointing");
+        };
+        assert!(
+            plan.assignment.contains_key("a"),
+            "the pod holding most stays"
+        );
+        assert_eq!(plan.assignment.values().map(Vec::len).sum::<usize>(), 4);
+        assert_eq!(plan.assignment.len(), 2);
+
+        let leaving: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .filter(|p| !plan.assignment.contains_key(**p))
+            .map(|p| (*p).to_owned())
+            .collect();
+        let handing_over = Case {
+            target: 2,
+            current: Some(RescaleStatus {
+                step: RescaleStep::HandingOver,
+                ..status
+            }),
+            plan,
+            pods: live(&["a", "b", "c"]),
+            parts: (0..4).collect(),
+            now: t(5),
+        };
+        let Decision::ScalingDown { remove, status } = handing_over.step() else {
+            panic!("expected ScalingDown");
+        };
+        assert_eq!(remove, leaving);
+        let gone = Case {
+            current: Some(status),
+            pods: live(&["a", "b", "c"])
+                .into_iter()
+                .filter(|p| !leaving.contains(&p.name))
+                .collect(),
+            ..handing_over
+        };
+        assert_eq!(gone.step(), Decision::Done);
+    }
+}

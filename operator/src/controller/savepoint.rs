@@ -1,0 +1,152 @@
+//! Savepoints in storage: which parts the workers have written, and the manifest that makes
+//! a savepoint exist (reads and one create-if-absent write).
+
+use std::collections::BTreeMap;
+
+use futures::TryStreamExt as _;
+use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use streamjob_worker::{paths::JobPaths, storage::Storage};
+
+/// One partition's part of a savepoint, as found in storage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointPart {
+    /// Object path of the part.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `savepoints/<id>/manifest.json`: written by the operator once every part is there; a
+/// savepoint without it does not exist (restores never use it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointManifest {
+    /// Savepoint id.
+    pub id: String,
+    /// Plan epoch the parts were written for.
+    pub epoch: u64,
+    /// Why it was taken (`rescale`, `upgrade`, `user`).
+    pub reason: String,
+    /// When the manifest was written.
+    pub created: jiff::Timestamp,
+    /// Partition → its part.
+    pub parts: BTreeMap<i32, SavepointPart>,
+}
+
+/// The parts of savepoint `id` in storage, by partition.
+pub async fn parts(
+    storage: &Storage,
+    paths: &JobPaths,
+    id: &str,
+) -> Result<BTreeMap<i32, SavepointPart>, object_store::Error> {
+    let dir = paths.savepoint_dir(id);
+    let objects: Vec<_> = storage.store.list(Some(&dir)).try_collect().await?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|meta| {
+            let partition = part_partition(meta.location.filename()?)?;
+            let part = SavepointPart {
+                path: meta.location.to_string(),
+                size: meta.size,
+            };
+            Some((partition, part))
+        })
+        .collect())
+}
+
+/// Whether the manifest of savepoint `id` exists.
+pub async fn manifest_exists(
+    storage: &Storage,
+    paths: &JobPaths,
+    id: &str,
+) -> Result<bool, object_store::Error> {
+    match storage.store.head(&paths.savepoint_manifest(id)).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(error) => Err(error),
+    }
+}
+
+/// Writes the manifest, create-if-absent: a manifest already there is the same savepoint.
+pub async fn write_manifest(
+    storage: &Storage,
+    paths: &JobPaths,
+    manifest: &SavepointManifest,
+) -> Result<(), object_store::Error> {
+    let body = serde_json::to_vec_pretty(manifest).map_err(|e| object_store::Error::Generic {
+        store: "manifest",
+        source: Box::new(e),
+    })?;
+    let options = PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    let path = paths.savepoint_manifest(&manifest.id);
+    match storage
+        .store
+        .put_opts(&path, PutPayload::from(body), options)
+        .await
+    {
+        Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// The partition of a part's file name, `p-00003.snap` → 3.
+fn part_partition(file_name: &str) -> Option<i32> {
+    file_name
+        .strip_prefix("p-")?
+        .strip_suffix(".snap")?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::path::Path;
+    use streamjob_worker::storage;
+
+    use super::*;
+
+    #[test]
+    fn part_names_carry_their_partition() {
+        assert_eq!(part_partition("p-00003.snap"), Some(3));
+        assert_eq!(part_partition("manifest.json"), None);
+        assert_eq!(part_partition("p-x.snap"), None);
+    }
+
+    #[tokio::test]
+    async fn parts_are_listed_and_the_manifest_is_written_once() {
+        let dir = std::env::temp_dir().join(format!("sj-savepoint-{}", std::process::id()));
+        let storage = storage::open(&format!("file://{}", dir.display())).unwrap();
+        let paths = JobPaths::new(&Path::default(), "ns", "clicks");
+        for partition in [0, 2] {
+            storage
+                .store
+                .put(
+                    &paths.savepoint_part("e4-rescale", partition),
+                    PutPayload::from_static(b"part"),
+                )
+                .await
+                .unwrap();
+        }
+        let found = parts(&storage, &paths, "e4-rescale").await.unwrap();
+        assert_eq!(found.keys().copied().collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(found[&0].size, 4);
+
+        assert!(!manifest_exists(&storage, &paths, "e4-rescale").await.unwrap());
+        let manifest = SavepointManifest {
+            id: "e4-rescale".into(),
+            epoch: 4,
+            reason: "rescale".into(),
+            created: jiff::Timestamp::UNIX_EPOCH,
+            parts: found,
+        };
+        write_manifest(&storage, &paths, &manifest).await.unwrap();
+        write_manifest(&storage, &paths, &manifest).await.unwrap();
+        assert!(manifest_exists(&storage, &paths, "e4-rescale").await.unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
