@@ -1,30 +1,31 @@
 //! Runs the engine for the newest plan until shutdown (I/O: engine runs and timers). Each run
-//! has its own stop flag, set by shutdown or by a plan that changes this pod's work; whether a
-//! plan does is the pure [`plan_change`].
+//! has its own stop flag, set by shutdown or by a plan that restarts it, and its own channel
+//! of plan updates, which hand partitions over inside the run; which a plan needs is the pure
+//! [`plan_change`].
 
 use std::{
     collections::BTreeMap,
-    fmt,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     time::Duration,
 };
 
-use streamjob_api::StreamJobSpec;
 use thiserror::Error;
 use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     checkpoint::CheckpointStore,
-    engine::{self, EngineContext, EngineError, EngineExit, Readiness},
+    engine::{self, EngineContext, EngineError, EngineExit, PlanUpdate, Readiness},
     paths::JobPaths,
     pipeline::{CompileError, Pipeline},
     plan::Plan,
+    plan_change::{Handover, PlanChange, plan_change},
     plan_watch::PlanFeed,
     storage::{self, StorageError},
-    telemetry::{Event, PlanKept, PlanRejected, PlanRunning},
+    telemetry::{Event, HandoverStarted, PlanKept, PlanRejected, PlanRunning},
 };
 
 /// How long a failed run waits before the next one.
@@ -81,60 +82,22 @@ impl PreparedPlan {
     }
 }
 
-/// What a new plan means for the run in progress.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PlanChange {
-    /// This pod's work is the same: the run goes on.
-    Keep,
-    /// The run stops (final checkpoint) and a new one starts with the new plan.
-    Restart(RestartReason),
+/// What adopting a plan asks of the run in progress.
+enum Adoption {
+    /// Nothing (the plan was refused).
+    Nothing,
+    /// Hand this update to the running engine.
+    Update(PlanUpdate),
+    /// Stop the run; the next one runs the new target.
+    Restart,
 }
 
-/// Why a new plan restarts the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestartReason {
-    /// This pod owns other partitions.
-    Partitions,
-    /// Source, pipeline, sink, dead-letter topic or checkpointing changed.
-    Processing,
-    /// Epochs were skipped: the partitions may have had another owner in between, whose
-    /// state only a restore (and the epoch fence) picks up.
-    SkippedEpochs,
-}
-
-impl fmt::Display for RestartReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Partitions => "this pod's partitions changed",
-            Self::Processing => "the job's processing changed",
-            Self::SkippedEpochs => {
-                "epochs were skipped, so the partitions may have moved meanwhile"
-            }
-        })
-    }
-}
-
-/// Decides whether `pod`, which runs `current`, restarts for `next`.
-pub fn plan_change(current: &Plan, next: &Plan, pod: &str) -> PlanChange {
-    if current.partitions_of(pod) != next.partitions_of(pod) {
-        PlanChange::Restart(RestartReason::Partitions)
-    } else if !same_processing(&current.spec, &next.spec) {
-        PlanChange::Restart(RestartReason::Processing)
-    } else if next.epoch > current.epoch.saturating_add(1) {
-        PlanChange::Restart(RestartReason::SkippedEpochs)
-    } else {
-        PlanChange::Keep
-    }
-}
-
-/// Whether two specs process records the same way (parallelism, image, resources and the
-/// like only matter to the operator).
-fn same_processing(a: &StreamJobSpec, b: &StreamJobSpec) -> bool {
-    a.source == b.source
-        && a.pipeline == b.pipeline
-        && a.sink == b.sink
-        && a.dead_letter == b.dead_letter
-        && a.checkpoint == b.checkpoint
+/// One run in progress.
+struct Run {
+    task: JoinHandle<Result<EngineExit, EngineError>>,
+    stop: Arc<AtomicBool>,
+    /// Plan updates for the engine; `None` for a run without partitions, or once it stops.
+    updates: Option<mpsc::Sender<PlanUpdate>>,
 }
 
 /// Runs this pod's share of the newest plan.
@@ -177,19 +140,29 @@ impl Supervisor {
     ) -> Result<(), EngineError> {
         let mut target = first;
         loop {
-            let stop = Arc::new(AtomicBool::new(false));
-            let mut run = self.start(&target, stop.clone());
+            let mut run = self.start(&target);
             let mut stopping = false;
             let exit = loop {
                 tokio::select! {
-                    joined = &mut run => break joined.unwrap_or(Err(EngineError::Panicked)),
+                    joined = &mut run.task => break joined.unwrap_or(Err(EngineError::Panicked)),
                     () = requested(&mut shutdown), if !stopping => {
                         stopping = true;
-                        stop.store(true, Ordering::Release);
+                        run.stop.store(true, Ordering::Release);
                     }
                     plan = next_plan(&mut plans), if !stopping => {
-                        if self.adopt(&mut target, plan) {
-                            stop.store(true, Ordering::Release);
+                        match self.adopt(&mut target, plan) {
+                            Adoption::Nothing => {}
+                            Adoption::Update(update) => {
+                                // A closed channel means the run is ending; the next one
+                                // starts from the target, which is this plan.
+                                if let Some(updates) = &run.updates {
+                                    let _ = updates.send(update);
+                                }
+                            }
+                            Adoption::Restart => {
+                                run.updates = None;
+                                run.stop.store(true, Ordering::Release);
+                            }
                         }
                     }
                 }
@@ -226,61 +199,89 @@ impl Supervisor {
         }
     }
 
-    /// Starts one run of `prepared`, stopped by `stop`.
-    fn start(
-        &self,
-        prepared: &PreparedPlan,
-        stop: Arc<AtomicBool>,
-    ) -> JoinHandle<Result<EngineExit, EngineError>> {
+    /// Starts one run of `prepared`.
+    fn start(&self, prepared: &PreparedPlan) -> Run {
+        let stop = Arc::new(AtomicBool::new(false));
         if prepared.plan.partitions_of(&self.pod).is_empty() {
-            return tokio::spawn(idle(
+            let task = tokio::spawn(idle(
                 self.pod.clone(),
                 prepared.plan.epoch,
                 self.readiness.clone(),
-                stop,
+                stop.clone(),
             ));
+            return Run {
+                task,
+                stop,
+                updates: None,
+            };
         }
-        tokio::spawn(engine::run(EngineContext {
-            plan: (*prepared.plan).clone(),
+        let (updates, updates_rx) = mpsc::channel();
+        let task = tokio::spawn(engine::run(EngineContext {
+            plan: prepared.plan.clone(),
             pod: self.pod.clone(),
             pipeline: prepared.pipeline.clone(),
             store: prepared.store.clone(),
             kafka_props: self.kafka_props.clone(),
             readiness: self.readiness.clone(),
-            stop,
+            stop: stop.clone(),
+            updates: updates_rx,
             shutdown_deadline: self.shutdown_deadline,
-        }))
+        }));
+        Run {
+            task,
+            stop,
+            updates: Some(updates),
+        }
     }
 
-    /// Makes `plan` the target if it can run; returns whether the current run must restart.
-    fn adopt(&self, target: &mut PreparedPlan, plan: Arc<Plan>) -> bool {
-        match plan_change(&target.plan, &plan, &self.pod) {
+    /// Makes `plan` the target if it can run, saying what the current run must do.
+    fn adopt(&self, target: &mut PreparedPlan, plan: Arc<Plan>) -> Adoption {
+        let previous = target.plan.epoch;
+        let handover = match plan_change(&target.plan, &plan, &self.pod) {
             PlanChange::Keep => {
                 PlanKept {
                     epoch: plan.epoch,
-                    previous: target.plan.epoch,
+                    previous,
                 }
                 .emit();
-                // Same processing, so the compiled pipeline and the store still fit.
-                target.plan = plan;
-                false
+                Handover {
+                    keep: plan.partitions_of(&self.pod),
+                    ..Handover::default()
+                }
             }
-            PlanChange::Restart(reason) => match PreparedPlan::new(plan.clone()) {
-                Ok(prepared) => {
-                    tracing::info!(
-                        epoch = plan.epoch,
-                        %reason,
-                        "new plan; stopping the current run after a final checkpoint"
-                    );
-                    *target = prepared;
-                    true
+            PlanChange::Handover(handover) => {
+                HandoverStarted {
+                    epoch: plan.epoch,
+                    previous,
+                    keep: &handover.keep,
+                    lose: &handover.lose,
+                    gain: &handover.gain,
+                    savepoint: handover.savepoint.as_deref(),
                 }
-                Err(error) => {
-                    reject(&plan, &error);
-                    false
-                }
-            },
-        }
+                .emit();
+                handover
+            }
+            PlanChange::Restart(reason) => {
+                return match PreparedPlan::new(plan.clone()) {
+                    Ok(prepared) => {
+                        tracing::info!(
+                            epoch = plan.epoch,
+                            %reason,
+                            "new plan; stopping the current run after a final checkpoint"
+                        );
+                        *target = prepared;
+                        Adoption::Restart
+                    }
+                    Err(error) => {
+                        reject(&plan, &error);
+                        Adoption::Nothing
+                    }
+                };
+            }
+        };
+        // Same processing, so the compiled pipeline and the store still fit.
+        target.plan = plan.clone();
+        Adoption::Update(PlanUpdate { plan, handover })
     }
 
     /// Waits before retrying a failed run, adopting plans meanwhile; `false` on shutdown.
@@ -351,96 +352,5 @@ async fn next_plan(plans: &mut PlanFeed) -> Arc<Plan> {
 async fn requested(shutdown: &mut Shutdown) {
     if shutdown.wait_for(|&stop| stop).await.is_err() {
         std::future::pending::<()>().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn plan() -> Plan {
-        serde_yaml::from_str(&crate::plan_watch::test_plans::yaml("team-a", "clicks", 4)).unwrap()
-    }
-
-    fn next_epoch(edit: impl FnOnce(&mut Plan)) -> Plan {
-        let mut next = plan();
-        next.epoch += 1;
-        edit(&mut next);
-        next
-    }
-
-    #[test]
-    fn a_new_epoch_that_leaves_this_pods_work_alone_keeps_the_run() {
-        let next = next_epoch(|p| {
-            p.assignment.insert("b".into(), vec![2]);
-            p.assignment.insert("c".into(), vec![3]);
-            p.spec.parallelism = 3;
-        });
-        assert_eq!(plan_change(&plan(), &next, "a"), PlanChange::Keep);
-        assert_eq!(plan_change(&plan(), &plan(), "a"), PlanChange::Keep);
-    }
-
-    #[test]
-    fn other_partitions_restart_the_run() {
-        let next = next_epoch(|p| {
-            p.assignment.insert("a".into(), vec![0]);
-            p.assignment.insert("b".into(), vec![1, 2, 3]);
-        });
-        let restart = PlanChange::Restart(RestartReason::Partitions);
-        assert_eq!(plan_change(&plan(), &next, "a"), restart);
-        assert_eq!(plan_change(&plan(), &next, "b"), restart);
-    }
-
-    #[test]
-    fn listing_partitions_in_another_order_is_the_same_work() {
-        let next = next_epoch(|p| {
-            p.assignment.insert("a".into(), vec![1, 0]);
-        });
-        assert_eq!(plan_change(&plan(), &next, "a"), PlanChange::Keep);
-    }
-
-    #[test]
-    fn a_changed_map_sink_source_or_checkpoint_restarts_the_run_even_in_the_same_epoch() {
-        let edits: [fn(&mut Plan); 5] = [
-            |p| p.spec.pipeline[0].map = Some("{user: .user, v: 2}".into()),
-            |p| p.spec.sink.kafka.as_mut().unwrap().topic = "out-2".into(),
-            |p| p.spec.source.kafka.topic = "clicks-2".into(),
-            |p| p.spec.checkpoint.storage = "file:///elsewhere".into(),
-            |p| {
-                p.spec.dead_letter = Some(serde_yaml::from_str("topic: dlq").unwrap());
-            },
-        ];
-        for edit in edits {
-            let mut next = plan();
-            edit(&mut next);
-            assert_eq!(
-                plan_change(&plan(), &next, "a"),
-                PlanChange::Restart(RestartReason::Processing)
-            );
-        }
-    }
-
-    #[test]
-    fn a_skipped_epoch_restarts_the_run_because_the_partitions_may_have_moved_meanwhile() {
-        let mut next = plan();
-        next.epoch += 2;
-        assert_eq!(
-            plan_change(&plan(), &next, "a"),
-            PlanChange::Restart(RestartReason::SkippedEpochs)
-        );
-    }
-
-    #[test]
-    fn a_pod_without_partitions_keeps_idling_and_restarts_when_it_gets_some() {
-        let idle = next_epoch(|_| {});
-        assert_eq!(plan_change(&plan(), &idle, "c"), PlanChange::Keep);
-        let busy = next_epoch(|p| {
-            p.assignment.insert("b".into(), vec![2]);
-            p.assignment.insert("c".into(), vec![3]);
-        });
-        assert_eq!(
-            plan_change(&plan(), &busy, "c"),
-            PlanChange::Restart(RestartReason::Partitions)
-        );
     }
 }

@@ -11,6 +11,13 @@ use prometheus_client::{
 
 use crate::snapshot::SnapshotId;
 
+mod handover;
+
+pub use handover::{
+    HandoverStarted, PartitionReleased, PartitionRunning, RestoreFailed, SavepointPartAwaited,
+    SavepointPartWritten,
+};
+
 /// Labels of per-partition series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PartitionLabels {
@@ -34,6 +41,13 @@ pub struct PlanErrorLabels {
     pub reason: &'static str,
 }
 
+/// Labels of restore series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RestoreLabels {
+    /// What the partition restored from: `checkpoint`, `savepoint` or `none` (no state).
+    pub source: &'static str,
+}
+
 /// The worker's Prometheus metrics.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +67,10 @@ pub struct Metrics {
     plan_errors: Family<PlanErrorLabels, Counter>,
     plan_epoch: Gauge,
     runs: Counter,
+    handovers: Counter,
+    savepoint_parts: Counter,
+    partition_restores: Family<RestoreLabels, Counter>,
+    partitions_restoring: Gauge,
 }
 
 impl Metrics {
@@ -79,6 +97,10 @@ impl Metrics {
             plan_errors: Family::default(),
             plan_epoch: Gauge::default(),
             runs: Counter::default(),
+            handovers: Counter::default(),
+            savepoint_parts: Counter::default(),
+            partition_restores: Family::default(),
+            partitions_restoring: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -162,6 +184,28 @@ impl Metrics {
              and each restart from the checkpoints",
             metrics.runs.clone(),
         );
+        registry.register(
+            "handovers",
+            "Plans that moved this pod's partitions or ordered a savepoint without restarting \
+             the run",
+            metrics.handovers.clone(),
+        );
+        registry.register(
+            "savepoint_parts",
+            "Savepoint parts written (one per partition and savepoint)",
+            metrics.savepoint_parts.clone(),
+        );
+        registry.register(
+            "partition_restores",
+            "Partitions restored, by what they restored from",
+            metrics.partition_restores.clone(),
+        );
+        registry.register(
+            "partitions_restoring",
+            "Partitions this pod owns that do not run yet (restoring, or waiting for their \
+             savepoint part)",
+            metrics.partitions_restoring.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -187,6 +231,12 @@ impl Metrics {
         self.consumer_lag
             .get_or_create(&PartitionLabels { partition })
             .set(lag);
+    }
+
+    /// Sets how many owned partitions do not run yet.
+    pub fn set_partitions_restoring(&self, count: usize) {
+        self.partitions_restoring
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
 }
 
@@ -310,10 +360,12 @@ impl Event for CheckpointCompleted {
     }
 }
 
-/// A checkpoint write attempt failed; it is retried.
+/// A snapshot write attempt (checkpoint or savepoint part) failed; it is retried.
 pub struct CheckpointFailed<'a> {
     /// Partition.
     pub partition: i32,
+    /// The savepoint whose part failed; `None` for a checkpoint.
+    pub savepoint: Option<&'a str>,
     /// Attempt number, from 1.
     pub attempt: u32,
     /// Error.
@@ -324,13 +376,23 @@ pub struct CheckpointFailed<'a> {
 
 impl Event for CheckpointFailed<'_> {
     fn emit(self) {
-        tracing::warn!(
-            partition = self.partition,
-            attempt = self.attempt,
-            error = self.error,
-            retry_in_ms = self.retry_in.as_millis() as u64,
-            "checkpoint write failed; processing continues and the write is retried"
-        );
+        match self.savepoint {
+            None => tracing::warn!(
+                partition = self.partition,
+                attempt = self.attempt,
+                error = self.error,
+                retry_in_ms = self.retry_in.as_millis() as u64,
+                "checkpoint write failed; processing continues and the write is retried"
+            ),
+            Some(savepoint) => tracing::warn!(
+                partition = self.partition,
+                %savepoint,
+                attempt = self.attempt,
+                error = self.error,
+                retry_in_ms = self.retry_in.as_millis() as u64,
+                "savepoint part write failed; it is retried"
+            ),
+        }
         Metrics::global().checkpoint_failures.inc();
     }
 }
@@ -365,6 +427,8 @@ pub struct PartitionRestored {
     pub from: Option<SnapshotId>,
     /// Where it restored from (checkpoint, savepoint name, or start position).
     pub source: String,
+    /// The metric label: `checkpoint`, `savepoint` or `none`.
+    pub origin: &'static str,
 }
 
 impl Event for PartitionRestored {
@@ -381,6 +445,12 @@ impl Event for PartitionRestored {
                 tracing::info!(partition = self.partition, source = %self.source, "partition starts without state")
             }
         }
+        Metrics::global()
+            .partition_restores
+            .get_or_create(&RestoreLabels {
+                source: self.origin,
+            })
+            .inc();
     }
 }
 

@@ -1,20 +1,31 @@
-//! Writes requested snapshots to storage in the background, retrying failures with backoff
-//! while processing continues. A newer request for a partition supersedes an older one that is
-//! still retrying (the newer snapshot covers everything the older one did).
+//! Writes requested snapshots (checkpoints and savepoint parts) to storage in the background,
+//! retrying failures with backoff while processing continues. A newer request for a
+//! partition's checkpoint supersedes an older one that is still retrying (the newer snapshot
+//! covers everything the older one did); likewise for its savepoint parts (a newer plan's
+//! savepoint supersedes an older one's). A checkpoint never supersedes a savepoint part.
 
 use std::{
-    collections::HashMap,
-    sync::mpsc,
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
-use tokio::{sync::mpsc as async_mpsc, task::JoinHandle};
+use tokio::sync::mpsc as async_mpsc;
 
 use crate::{
     checkpoint::{CheckpointStore, retry_delay},
     snapshot::{SnapshotHeader, SnapshotId},
-    telemetry::{CheckpointCompleted, CheckpointFailed, Event},
+    tasks::LatestTasks,
+    telemetry::{CheckpointCompleted, CheckpointFailed, Event, SavepointPartWritten},
 };
+
+/// Where a snapshot is written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotTarget {
+    /// The partition's checkpoints (pruned to the newest `retained`).
+    Checkpoint,
+    /// The partition's part of the named savepoint.
+    SavepointPart(Arc<str>),
+}
 
 /// A snapshot to make durable.
 pub struct UploadRequest {
@@ -22,19 +33,30 @@ pub struct UploadRequest {
     pub header: SnapshotHeader,
     /// Serialized (uncompressed) state.
     pub state: Vec<u8>,
+    /// Where it goes.
+    pub target: SnapshotTarget,
     /// When the engine asked for it.
     pub requested_at: Instant,
 }
 
 /// A snapshot that is durable.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct UploadDone {
     /// Partition.
     pub partition: i32,
     /// Snapshot id.
     pub id: SnapshotId,
+    /// Where it was written.
+    pub target: SnapshotTarget,
     /// Time from request to durable write.
     pub duration: Duration,
+}
+
+/// Uploads that supersede each other.
+#[derive(Debug, PartialEq, Eq, Hash)]
+enum Slot {
+    Checkpoint(i32),
+    SavepointPart(i32),
 }
 
 /// Runs until the request channel closes.
@@ -44,19 +66,15 @@ pub async fn run(
     mut requests: async_mpsc::UnboundedReceiver<UploadRequest>,
     done: mpsc::Sender<UploadDone>,
 ) {
-    let mut in_flight: HashMap<i32, JoinHandle<()>> = HashMap::new();
+    // Puts are create-if-absent on immutable names: aborting one midway is harmless.
+    let mut in_flight = LatestTasks::new();
     while let Some(request) = requests.recv().await {
         let partition = request.header.partition;
-        if let Some(older) = in_flight.remove(&partition) {
-            // Puts are create-if-absent on immutable names: aborting one midway is harmless.
-            older.abort();
-        }
-        let task = tokio::spawn(upload(store.clone(), retained, request, done.clone()));
-        in_flight.insert(partition, task);
-        in_flight.retain(|_, task| !task.is_finished());
-    }
-    for (_, task) in in_flight {
-        task.abort();
+        let slot = match request.target {
+            SnapshotTarget::Checkpoint => Slot::Checkpoint(partition),
+            SnapshotTarget::SavepointPart(_) => Slot::SavepointPart(partition),
+        };
+        in_flight.replace(slot, upload(store.clone(), retained, request, done.clone()));
     }
 }
 
@@ -67,18 +85,32 @@ async fn upload(
     done: mpsc::Sender<UploadDone>,
 ) {
     let partition = request.header.partition;
+    let savepoint = match &request.target {
+        SnapshotTarget::Checkpoint => None,
+        SnapshotTarget::SavepointPart(id) => Some(id.as_ref()),
+    };
     let mut attempt = 0;
     let bytes = loop {
         attempt += 1;
-        match store
-            .write_checkpoint(&request.header, &request.state)
-            .await
-        {
+        let written = match savepoint {
+            None => {
+                store
+                    .write_checkpoint(&request.header, &request.state)
+                    .await
+            }
+            Some(id) => {
+                store
+                    .write_savepoint_part(id, &request.header, &request.state)
+                    .await
+            }
+        };
+        match written {
             Ok(bytes) => break bytes,
             Err(error) => {
                 let retry_in = retry_delay(attempt);
                 CheckpointFailed {
                     partition,
+                    savepoint,
                     attempt,
                     error: &error.to_string(),
                     retry_in,
@@ -88,20 +120,34 @@ async fn upload(
             }
         }
     };
+    let id = request.header.id;
     let duration = request.requested_at.elapsed();
-    CheckpointCompleted {
-        partition,
-        id: request.header.id,
-        bytes,
-        duration,
+    match savepoint {
+        None => CheckpointCompleted {
+            partition,
+            id,
+            bytes,
+            duration,
+        }
+        .emit(),
+        Some(savepoint) => SavepointPartWritten {
+            savepoint,
+            partition,
+            id,
+            bytes,
+            duration,
+        }
+        .emit(),
     }
-    .emit();
     let _ = done.send(UploadDone {
         partition,
-        id: request.header.id,
+        id,
+        target: request.target.clone(),
         duration,
     });
-    if let Err(error) = store.prune(partition, retained).await {
-        tracing::warn!(%error, partition, "pruning old checkpoints failed; retried after the next checkpoint");
+    if savepoint.is_none() {
+        if let Err(error) = store.prune(partition, retained).await {
+            tracing::warn!(%error, partition, "pruning old checkpoints failed; retried after the next checkpoint");
+        }
     }
 }

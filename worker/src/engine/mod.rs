@@ -1,9 +1,11 @@
 //! The processing engine of one worker: restores its partitions, consumes them, runs the
-//! pipeline, produces results, and checkpoints.
+//! pipeline, produces results, checkpoints, and follows newer plans by handing partitions
+//! over without stopping the others.
 //!
 //! The hot loop runs on its own thread with a polled consumer and no async machinery;
-//! checkpoint uploads run on the tokio runtime ([`crate::uploader`]) and report back through a
-//! channel, so a slow or failing object store never stalls processing.
+//! checkpoint uploads ([`crate::uploader`]) and restores ([`restore`]) run on the tokio
+//! runtime and report back through channels, so a slow or failing object store never stalls
+//! processing, and a partition waiting for its savepoint part never stalls the others.
 
 use std::{
     collections::BTreeMap,
@@ -15,22 +17,26 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rdkafka::{Offset, TopicPartitionList, consumer::Consumer};
 use thiserror::Error;
 use tokio::sync::mpsc as async_mpsc;
 
+mod handover;
 mod process;
+mod restore;
 
+use handover::Transitions;
 use process::ProcessLoop;
+use restore::Restorer;
 
 use crate::{
     checkpoint::{CheckpointError, CheckpointStore},
-    kafka::{self, KafkaSetupError, SourceConsumer},
+    kafka::{self, KafkaSetupError},
     pipeline::{PartitionState, Pipeline},
-    plan::{Plan, RestoreSource},
+    plan::Plan,
+    plan_change::Handover,
     snapshot::{SnapshotHeader, SnapshotId},
-    telemetry::{Event, PartitionRestored, PlanRunning, RecordsProcessed},
-    uploader::UploadRequest,
+    telemetry::{Event, PlanRunning, RecordsProcessed},
+    uploader::{SnapshotTarget, UploadRequest},
 };
 
 /// How often processing-time windows and metrics are advanced.
@@ -42,7 +48,7 @@ pub enum EngineError {
     /// A Kafka client could not be created.
     #[error(transparent)]
     Kafka(#[from] Box<KafkaSetupError>),
-    /// Restoring a partition failed (storage unreachable, savepoint part missing).
+    /// Restoring a partition failed (storage unreachable, savepoint part damaged).
     #[error("failed to restore partition {partition}: {source}")]
     Restore {
         /// Partition.
@@ -100,10 +106,19 @@ impl Readiness {
     }
 }
 
+/// A newer plan for the run in progress, and what it changes for this pod.
+#[derive(Debug)]
+pub struct PlanUpdate {
+    /// The plan, from now on the run's.
+    pub plan: Arc<Plan>,
+    /// What it changes for this pod.
+    pub handover: Handover,
+}
+
 /// Everything an engine run needs.
 pub struct EngineContext {
     /// The plan to run.
-    pub plan: Plan,
+    pub plan: Arc<Plan>,
     /// This worker's pod name.
     pub pod: String,
     /// Compiled pipeline.
@@ -114,9 +129,10 @@ pub struct EngineContext {
     pub kafka_props: BTreeMap<String, String>,
     /// Readiness reported on `/readyz`.
     pub readiness: Arc<Readiness>,
-    /// Set to stop this run (SIGTERM, or a plan that changes this pod's work); each run has
-    /// its own.
+    /// Set to stop this run (SIGTERM, or a plan that restarts it); each run has its own.
     pub stop: Arc<AtomicBool>,
+    /// Newer plans that keep this run going (the hot loop reads them on its tick).
+    pub updates: mpsc::Receiver<PlanUpdate>,
     /// Time allowed for the final flush and checkpoint after a stop.
     pub shutdown_deadline: Duration,
 }
@@ -126,16 +142,16 @@ struct PartitionRun {
     partition: i32,
     state: PartitionState,
     next_offset: i64,
-    /// The newest snapshot handed to the uploader.
+    /// The newest checkpoint handed to the uploader.
     requested: SnapshotId,
-    /// The newest snapshot known durable.
+    /// The newest checkpoint known durable.
     completed: Option<SnapshotId>,
     counts: RecordsProcessed,
 }
 
-/// Restores the owned partitions, then runs until stopped.
+/// Starts the Kafka clients, the uploader and the restorer, then runs the hot loop (which
+/// restores the owned partitions as it goes) until stopped.
 pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
-    let partitions = ctx.plan.partitions_of(&ctx.pod);
     let source = &ctx.plan.spec.source.kafka;
     let consumer = kafka::source_consumer(
         &source.bootstrap_servers,
@@ -144,47 +160,6 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
     )
     .map_err(Box::new)?;
     let consumer = Arc::new(consumer);
-
-    let mut runs = BTreeMap::new();
-    for &partition in &partitions {
-        let run = restore_partition(&ctx, &consumer, partition).await?;
-        runs.insert(partition, run);
-    }
-
-    // Fence: record every partition under this epoch before processing, so a snapshot that a
-    // stale owner of an older epoch writes later can never be the newest one.
-    let (upload_tx, upload_rx) = async_mpsc::unbounded_channel();
-    let (done_tx, done_rx) = mpsc::channel();
-    let uploader = tokio::spawn(crate::uploader::run(
-        ctx.store.clone(),
-        ctx.plan.spec.checkpoint.retained.max(1) as usize,
-        upload_rx,
-        done_tx,
-    ));
-    for run in runs.values() {
-        if run.completed != Some(run.requested) {
-            request_snapshot(&upload_tx, run)?;
-        }
-    }
-
-    let mut tpl = TopicPartitionList::new();
-    for run in runs.values() {
-        tpl.add_partition_offset(
-            &source.topic,
-            run.partition,
-            Offset::Offset(run.next_offset),
-        )
-        .map_err(|source| EngineError::Position {
-            partition: run.partition,
-            source: source.into(),
-        })?;
-    }
-    consumer
-        .assign(&tpl)
-        .map_err(|source| EngineError::Position {
-            partition: -1,
-            source: source.into(),
-        })?;
 
     let sink_bootstrap = ctx
         .plan
@@ -201,24 +176,51 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
         None
     };
 
-    ctx.readiness.set(true);
+    let (upload_tx, upload_rx) = async_mpsc::unbounded_channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let uploader = tokio::spawn(crate::uploader::run(
+        ctx.store.clone(),
+        ctx.plan.spec.checkpoint.retained.max(1) as usize,
+        upload_rx,
+        done_tx,
+    ));
+    let (restore_tx, restore_rx) = async_mpsc::unbounded_channel();
+    let (restored_tx, restored_rx) = mpsc::channel();
+    let restorer = tokio::spawn(restore::run(
+        Arc::new(Restorer {
+            store: ctx.store.clone(),
+            pipeline: ctx.pipeline.clone(),
+            consumer: consumer.clone(),
+            source: source.clone(),
+        }),
+        restore_rx,
+        restored_tx,
+    ));
+
     PlanRunning {
         pod: &ctx.pod,
         epoch: ctx.plan.epoch,
-        partitions: &partitions,
+        partitions: &ctx.plan.partitions_of(&ctx.pod),
     }
     .emit();
 
     let process = ProcessLoop {
         plan: ctx.plan.clone(),
+        pod: ctx.pod.clone(),
         pipeline: ctx.pipeline.clone(),
-        consumer: consumer.clone(),
+        consumer,
         producer,
-        runs,
+        runs: BTreeMap::new(),
+        transitions: Transitions::default(),
         upload_tx,
         done_rx,
+        restore_tx,
+        restored_rx,
+        updates: ctx.updates,
+        readiness: ctx.readiness.clone(),
         stop: ctx.stop.clone(),
         shutdown_deadline: ctx.shutdown_deadline,
+        failures_at_start: 0,
     };
     let handle = std::thread::Builder::new()
         .name("streamjob-process".to_owned())
@@ -230,109 +232,16 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
         .map_err(|_| EngineError::Panicked)?;
     ctx.readiness.set(false);
     uploader.abort();
+    restorer.abort();
     Ok(exit)
 }
 
-/// Restores `partition` from what the plan names, resolving a concrete start offset.
-async fn restore_partition(
-    ctx: &EngineContext,
-    consumer: &Arc<SourceConsumer>,
-    partition: i32,
-) -> Result<PartitionRun, EngineError> {
-    let restore_err = |source| EngineError::Restore { partition, source };
-    let (restored, source_desc) = match ctx.plan.restore_source(partition) {
-        RestoreSource::Latest => (
-            ctx.store
-                .restore_latest(partition, ctx.plan.epoch)
-                .await
-                .map_err(restore_err)?,
-            "latest checkpoint".to_owned(),
-        ),
-        RestoreSource::Savepoint(name) => (
-            Some(
-                ctx.store
-                    .read_savepoint_part(&name, partition)
-                    .await
-                    .map_err(restore_err)?,
-            ),
-            format!("savepoint {name}"),
-        ),
-    };
-    let (state, next_offset, completed) = match restored {
-        Some(r) => {
-            let state = serde_json::from_slice(&r.state)
-                .map_err(|source| EngineError::IncompatibleState { partition, source })?;
-            PartitionRestored {
-                partition,
-                from: Some(r.header.id),
-                source: source_desc,
-            }
-            .emit();
-            // Completed only if it is this epoch's own checkpoint (savepoint parts are not).
-            let completed = (matches!(ctx.plan.restore_source(partition), RestoreSource::Latest)
-                && r.header.id.epoch == ctx.plan.epoch)
-                .then_some(r.header.id);
-            (state, r.header.id.next_offset, completed)
-        }
-        None => {
-            let offset = start_offset(ctx, consumer, partition).await?;
-            PartitionRestored {
-                partition,
-                from: None,
-                source: format!(
-                    "{:?} offset {offset}",
-                    ctx.plan.spec.source.kafka.start_from
-                ),
-            }
-            .emit();
-            (ctx.pipeline.new_state(), offset, None)
-        }
-    };
-    Ok(PartitionRun {
-        partition,
-        state,
-        next_offset,
-        requested: SnapshotId {
-            epoch: ctx.plan.epoch,
-            next_offset,
-        },
-        completed,
-        counts: RecordsProcessed {
-            partition,
-            next_offset,
-            ..RecordsProcessed::default()
-        },
-    })
-}
-
-/// The concrete offset where a partition without state starts (so its first checkpoint
-/// names a real offset even for `latest`).
-async fn start_offset(
-    ctx: &EngineContext,
-    consumer: &Arc<SourceConsumer>,
-    partition: i32,
-) -> Result<i64, EngineError> {
-    let topic = ctx.plan.spec.source.kafka.topic.clone();
-    let earliest = matches!(
-        ctx.plan.spec.source.kafka.start_from,
-        streamjob_api::StartPosition::Earliest
-    );
-    let consumer = consumer.clone();
-    let (low, high) = tokio::task::spawn_blocking(move || {
-        consumer.fetch_watermarks(&topic, partition, Duration::from_secs(30))
-    })
-    .await
-    .map_err(|_| EngineError::Panicked)?
-    .map_err(|source| EngineError::Position {
-        partition,
-        source: source.into(),
-    })?;
-    Ok(if earliest { low } else { high })
-}
-
-fn request_snapshot(
+/// Hands `id` of `run`'s state to the uploader, to be written to `target`.
+fn request_upload(
     upload_tx: &async_mpsc::UnboundedSender<UploadRequest>,
     run: &PartitionRun,
+    id: SnapshotId,
+    target: SnapshotTarget,
 ) -> Result<(), EngineError> {
     let state =
         serde_json::to_vec(&run.state).map_err(|source| EngineError::IncompatibleState {
@@ -341,13 +250,14 @@ fn request_snapshot(
         })?;
     let header = SnapshotHeader {
         partition: run.partition,
-        id: run.requested,
+        id,
         created_ms: now_ms(),
     };
     // The uploader only stops when the engine does; a closed channel means shutdown.
     let _ = upload_tx.send(UploadRequest {
         header,
         state,
+        target,
         requested_at: Instant::now(),
     });
     Ok(())

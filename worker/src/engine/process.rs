@@ -1,5 +1,6 @@
-//! The hot loop of an engine run (no I/O but Kafka): poll, run the pipeline, produce, and
-//! hand snapshots to the uploader at each checkpoint interval.
+//! The hot loop of an engine run (no I/O but Kafka): poll, run the pipeline, produce, hand
+//! snapshots to the uploader at each checkpoint interval, and follow newer plans on the tick
+//! ([`super::handover`]).
 
 use std::{
     collections::BTreeMap,
@@ -19,18 +20,25 @@ use rdkafka::{
 };
 use tokio::sync::mpsc as async_mpsc;
 
-use super::{EngineExit, PartitionRun, TICK, now_ms, request_snapshot};
+use super::{
+    EngineExit, PartitionRun, PlanUpdate, Readiness, TICK,
+    handover::Transitions,
+    now_ms, request_upload,
+    restore::{RestoreCommand, RestoredPartition},
+};
 use crate::{
     kafka::{SinkProducer, SourceConsumer, poll_next, send},
     pipeline::{FailedResult, InputRecord, Output, Outputs, Pipeline, RecordError, RecordStats},
     plan::Plan,
     snapshot::SnapshotId,
     telemetry::{Event, RecordDeadLettered, RecordsProcessed},
-    uploader::{UploadDone, UploadRequest},
+    uploader::{SnapshotTarget, UploadDone, UploadRequest},
 };
 
 /// Records processed between two reads of the clock.
 const CLOCK_EVERY: u32 = 256;
+/// How long one flush of the output waits for acknowledgements.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a (failed) record came from, for dead-letter headers. Offset -1 marks results of
 /// processing-time windows, which no single input record produced.
@@ -41,15 +49,26 @@ struct Origin<'a> {
 }
 
 pub(super) struct ProcessLoop {
-    pub(super) plan: Plan,
+    /// The newest plan; checkpoints carry its epoch.
+    pub(super) plan: Arc<Plan>,
+    pub(super) pod: String,
     pub(super) pipeline: Arc<Pipeline>,
     pub(super) consumer: Arc<SourceConsumer>,
     pub(super) producer: Option<SinkProducer>,
+    /// Partitions that run.
     pub(super) runs: BTreeMap<i32, PartitionRun>,
+    /// Partitions on their way in (restoring) or out (releasing).
+    pub(super) transitions: Transitions,
     pub(super) upload_tx: async_mpsc::UnboundedSender<UploadRequest>,
     pub(super) done_rx: mpsc::Receiver<UploadDone>,
+    pub(super) restore_tx: async_mpsc::UnboundedSender<RestoreCommand>,
+    pub(super) restored_rx: mpsc::Receiver<RestoredPartition>,
+    pub(super) updates: mpsc::Receiver<PlanUpdate>,
+    pub(super) readiness: Arc<Readiness>,
     pub(super) stop: Arc<AtomicBool>,
     pub(super) shutdown_deadline: Duration,
+    /// Failed deliveries before this run's first record; more mean lost output.
+    pub(super) failures_at_start: u64,
 }
 
 impl ProcessLoop {
@@ -58,7 +77,8 @@ impl ProcessLoop {
         let mut next_checkpoint = Instant::now() + interval;
         let mut next_tick = Instant::now() + TICK;
         let mut outputs = Outputs::default();
-        let delivery_failures = self.delivery_failures();
+        self.failures_at_start = self.delivery_failures();
+        self.start_restores();
         let consumer = self.consumer.clone();
         // Reading the clock costs as much as a quarter of a record's pipeline on a VM, so it is
         // read once per batch of records (about a millisecond), and when the consumer had to
@@ -101,22 +121,30 @@ impl ProcessLoop {
             if now >= next_tick {
                 next_tick = now + TICK;
                 self.on_tick(&mut outputs);
-                if self.delivery_failures() > delivery_failures {
+                if self.delivery_failed() {
                     return self.rewind();
+                }
+                if let Err(exit) = self.follow_plan() {
+                    return exit;
                 }
             }
             if now >= next_checkpoint {
                 next_checkpoint = now + interval;
-                if let Err(exit) = self.checkpoint(delivery_failures) {
+                if let Err(exit) = self.checkpoint() {
                     return exit;
                 }
             }
         }
-        self.shutdown(delivery_failures)
+        self.shutdown()
     }
 
     fn delivery_failures(&self) -> u64 {
         self.producer.as_ref().map_or(0, |p| p.context().failures())
+    }
+
+    /// Whether a delivery of this run failed for good.
+    fn delivery_failed(&self) -> bool {
+        self.delivery_failures() > self.failures_at_start
     }
 
     fn rewind(&self) -> EngineExit {
@@ -308,6 +336,9 @@ impl ProcessLoop {
     }
 
     fn complete(&mut self, done: UploadDone) {
+        if self.release_if_durable(&done) || done.target != SnapshotTarget::Checkpoint {
+            return;
+        }
         let Some(run) = self.runs.get_mut(&done.partition) else {
             return;
         };
@@ -315,29 +346,44 @@ impl ProcessLoop {
             return;
         }
         run.completed = Some(done.id);
-        // Best effort, for lag tools only: the checkpoint is the truth.
+        self.commit_offset(done.partition, done.id.next_offset);
+    }
+
+    /// Commits `next_offset` of `partition` to the job's group: best effort, for lag tools
+    /// only (the checkpoint is the truth).
+    pub(super) fn commit_offset(&self, partition: i32, next_offset: i64) {
         let mut tpl = TopicPartitionList::new();
         let topic = &self.plan.spec.source.kafka.topic;
         if tpl
-            .add_partition_offset(topic, done.partition, Offset::Offset(done.id.next_offset))
+            .add_partition_offset(topic, partition, Offset::Offset(next_offset))
             .is_ok()
         {
             if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
-                tracing::debug!(%error, partition = done.partition, "offset commit failed");
+                tracing::debug!(%error, partition, "offset commit failed");
             }
         }
     }
 
-    /// Flushes output, then snapshots every partition that moved since its last snapshot.
-    fn checkpoint(&mut self, delivery_failures: u64) -> Result<(), EngineExit> {
+    /// Waits up to [`FLUSH_TIMEOUT`] until every output so far is acknowledged, so that a
+    /// snapshot taken next covers only delivered output; `Ok(false)` when it timed out, so
+    /// `waiting` (what waits for it) has to wait. A delivery that failed for good rewinds.
+    pub(super) fn flush(&self, waiting: &str) -> Result<bool, EngineExit> {
         if let Some(producer) = &self.producer {
-            if let Err(error) = producer.flush(Duration::from_secs(30)) {
-                tracing::warn!(%error, "output flush timed out; checkpoint postponed");
-                return Ok(());
+            if let Err(error) = producer.flush(FLUSH_TIMEOUT) {
+                tracing::warn!(%error, "output flush timed out; {waiting} waits");
+                return Ok(false);
             }
         }
-        if self.delivery_failures() > delivery_failures {
+        if self.delivery_failed() {
             return Err(self.rewind());
+        }
+        Ok(true)
+    }
+
+    /// Flushes output, then snapshots every partition that moved since its last snapshot.
+    fn checkpoint(&mut self) -> Result<(), EngineExit> {
+        if !self.flush("the checkpoint")? {
+            return Ok(());
         }
         let epoch = self.plan.epoch;
         for run in self.runs.values_mut() {
@@ -349,26 +395,29 @@ impl ProcessLoop {
                 continue; // Nothing moved; the previous snapshot still describes the state.
             }
             run.requested = id;
-            if let Err(error) = request_snapshot(&self.upload_tx, run) {
+            if let Err(error) = request_upload(&self.upload_tx, run, id, SnapshotTarget::Checkpoint)
+            {
                 tracing::error!(%error, partition = run.partition, "cannot encode state");
             }
         }
         Ok(())
     }
 
-    fn shutdown(mut self, delivery_failures: u64) -> EngineExit {
+    fn shutdown(mut self) -> EngineExit {
         tracing::info!("stopping: flushing output and writing final checkpoints");
         let deadline = Instant::now() + self.shutdown_deadline;
-        if let Err(exit) = self.checkpoint(delivery_failures) {
+        if let Err(exit) = self.checkpoint() {
             return exit;
         }
-        // Partitions whose newest requested snapshot is not yet durable.
+        // Partitions whose newest requested snapshot is not yet durable, and released ones
+        // whose last snapshot is not.
         loop {
             let pending = self
                 .runs
                 .values()
                 .filter(|r| r.completed != Some(r.requested))
-                .count();
+                .count()
+                + self.transitions.releasing();
             if pending == 0 {
                 break;
             }
