@@ -4,6 +4,7 @@
 //! Tests fail, never skip, when the stack is missing: run them through `scripts/test`.
 
 pub mod operator;
+pub mod plan_home;
 pub mod pod_runner;
 pub mod reference;
 pub mod scenario;

@@ -112,6 +112,13 @@ impl Worker {
         metric_value(&http_get(self.port, "/metrics")?, series)
     }
 
+    /// The next offset it will process on `partition` (`streamjob_processed_offset`).
+    pub fn processed_offset(&self, partition: i32) -> Option<f64> {
+        self.metric(&format!(
+            "streamjob_processed_offset{{partition=\"{partition}\"}}"
+        ))
+    }
+
     /// HTTP status of `path` on the worker's port.
     pub fn status_of(&self, path: &str) -> Option<u16> {
         let response = http_get_raw(self.port, path)?;
@@ -213,6 +220,44 @@ pub fn produce(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str,
         }
     }
     producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// `events` round-robin over their partitions (each partition's order kept), so that every
+/// partition receives records for as long as they are produced.
+pub fn interleaved(events: &[Event]) -> Vec<Event> {
+    let mut produced = BTreeMap::<i32, usize>::new();
+    let mut ordered: Vec<(usize, i32, &Event)> = events
+        .iter()
+        .map(|event| {
+            let position = produced.entry(event.partition).or_default();
+            *position += 1;
+            (*position, event.partition, event)
+        })
+        .collect();
+    ordered.sort_by_key(|&(position, partition, _)| (position, partition));
+    ordered
+        .into_iter()
+        .map(|(_, _, event)| event.clone())
+        .collect()
+}
+
+/// Produces `events` interleaved over their partitions in `chunks` flushed chunks, `pause`
+/// apart, on a thread of its own: a steady stream for a while.
+pub fn produce_paced(
+    bootstrap: &str,
+    topic: &str,
+    events: &[Event],
+    chunks: usize,
+    pause: Duration,
+) -> std::thread::JoinHandle<()> {
+    let (bootstrap, topic, events) = (bootstrap.to_owned(), topic.to_owned(), interleaved(events));
+    std::thread::spawn(move || {
+        let producer = producer(&bootstrap);
+        for chunk in events.chunks(events.len() / chunks.max(1) + 1) {
+            produce(&producer, &topic, chunk);
+            std::thread::sleep(pause);
+        }
+    })
 }
 
 /// A consumed record: key, value and headers.

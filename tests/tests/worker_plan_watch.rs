@@ -1,153 +1,24 @@
 //! The worker following its plan in a ConfigMap (`run --plan-configmap`) against the real
-//! apiserver, Kafka and storage: it waits for the plan, restarts for a changed pipeline or
-//! assignment without losing records, and keeps running when the plan turns invalid.
+//! apiserver, Kafka and storage: it waits for the plan, restarts for a changed pipeline, hands
+//! partitions to another worker without losing records, and keeps running when the plan turns
+//! invalid. Handovers with savepoints: `worker_handover.rs`.
 
 // A failed step fails the test: panicking is how these harness helpers report it.
 #![allow(clippy::unwrap_used)]
 
 use std::{collections::BTreeMap, path::PathBuf, time::Duration};
 
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{
-    Api,
-    api::{ObjectMeta, Patch, PatchParams},
-};
-use serde_yaml::{Mapping, Value};
+use serde_yaml::Value;
 use streamjob_tests::{
-    TEST_MANAGER, TempNamespace, kube_client,
+    plan_home::{PLAN_TIMEOUT as TIMEOUT, PlanHome, TwoWorkerJob, await_running, scenario_spec},
     reference::{Event, EventKind},
     scenario::{self, Scenario, assert_only_reference_emissions, per_key},
-    stack_env, temp_namespace, unique_name, wait_for,
-    worker::{Worker, create_topic, produce, producer, read_topic},
+    stack_env, unique_name, wait_for,
+    worker::{create_topic, produce, producer, read_topic},
 };
 
-const TIMEOUT: Duration = Duration::from_secs(120);
 /// Partitions of the map job's input topic.
 const MAP_PARTITIONS: i32 = 2;
-
-/// The job's plan ConfigMap in a namespace of its own, and the workers following it.
-struct PlanHome {
-    namespace: TempNamespace,
-    job: String,
-    configmaps: Api<ConfigMap>,
-}
-
-impl PlanHome {
-    async fn new(job: &str) -> Self {
-        let namespace = temp_namespace("plan-watch");
-        let configmaps = Api::namespaced(kube_client().await, &namespace.name);
-        Self {
-            namespace,
-            job: job.to_owned(),
-            configmaps,
-        }
-    }
-
-    fn configmap(&self) -> String {
-        format!("{}-plan", self.job)
-    }
-
-    /// Starts a worker for pod `pod` that follows this job's plan ConfigMap.
-    fn start_worker(&self, pod: &str, log: PathBuf) -> Worker {
-        let configmap = self.configmap();
-        Worker::start(
-            &[
-                "run",
-                "--plan-configmap",
-                &configmap,
-                "--namespace",
-                &self.namespace.name,
-                "--pod",
-                pod,
-            ],
-            &log,
-            &[],
-        )
-    }
-
-    /// Publishes the plan of `epoch` running `spec` with `assignment`, as the operator does.
-    async fn publish(&self, epoch: u64, spec: &Value, assignment: &[(&str, &[i32])]) {
-        let mut plan = Mapping::new();
-        let job: Value = serde_yaml::from_str(&format!(
-            "{{namespace: {}, name: {}}}",
-            self.namespace.name, self.job
-        ))
-        .unwrap();
-        plan.insert("job".into(), job);
-        plan.insert("epoch".into(), epoch.into());
-        plan.insert("spec".into(), spec.clone());
-        let assignment: Mapping = assignment
-            .iter()
-            .map(|(pod, partitions)| ((*pod).into(), partitions.to_vec().into()))
-            .collect();
-        plan.insert("assignment".into(), assignment.into());
-        self.publish_text(&serde_yaml::to_string(&plan).unwrap())
-            .await;
-    }
-
-    /// Writes `text` as the ConfigMap's `plan.yaml`, whatever it is.
-    async fn publish_text(&self, text: &str) {
-        let configmap = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(self.configmap()),
-                ..ObjectMeta::default()
-            },
-            data: Some(BTreeMap::from([("plan.yaml".to_owned(), text.to_owned())])),
-            ..ConfigMap::default()
-        };
-        self.configmaps
-            .patch(
-                &self.configmap(),
-                &PatchParams::apply(TEST_MANAGER).force(),
-                &Patch::Apply(&configmap),
-            )
-            .await
-            .unwrap();
-    }
-}
-
-/// The `spec` of a scenario's job manifest.
-fn scenario_spec(scenario: &Scenario) -> Value {
-    let manifest: Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&scenario.job_file).unwrap()).unwrap();
-    manifest["spec"].clone()
-}
-
-/// Waits until `worker` runs (or idles under) plan `epoch` and is ready.
-async fn await_running(worker: &Worker, epoch: u64) {
-    wait_for(
-        &format!(
-            "the worker to run plan epoch {epoch}; log {}",
-            worker.log.display()
-        ),
-        TIMEOUT,
-        || async {
-            (worker.metric("streamjob_plan_epoch") == Some(epoch as f64)
-                && worker.status_of("/readyz") == Some(200))
-            .then_some(())
-        },
-    )
-    .await;
-}
-
-/// `events` round-robin over their partitions (each partition's order kept), so that every
-/// partition receives records for as long as they are produced.
-fn interleaved(events: &[Event]) -> Vec<Event> {
-    let mut produced = BTreeMap::<i32, usize>::new();
-    let mut ordered: Vec<(usize, i32, &Event)> = events
-        .iter()
-        .map(|event| {
-            let position = produced.entry(event.partition).or_default();
-            *position += 1;
-            (*position, event.partition, event)
-        })
-        .collect();
-    ordered.sort_by_key(|&(position, partition, _)| (position, partition));
-    ordered
-        .into_iter()
-        .map(|(_, _, event)| event.clone())
-        .collect()
-}
 
 /// A job whose pipeline is one `map` giving each record a `shape`, checkpointed to a local
 /// directory: what came out shows which pipeline handled each input record.
@@ -317,68 +188,46 @@ async fn a_changed_map_expression_applies_to_records_produced_after_the_change()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn moving_partitions_to_a_second_worker_continues_from_the_first_ones_checkpoints() {
-    let scenario = Scenario::new("cm-move").await;
-    let home = PlanHome::new(&scenario.name).await;
-    let spec = scenario_spec(&scenario);
-    let events = scenario::generate(22, 3000);
-    let expected = scenario::expected(&events);
-
-    home.publish(1, &spec, &[("a", &[0, 1, 2, 3])]).await;
-    let a = home.start_worker("a", scenario.log(0));
-    let b = home.start_worker("b", scenario.log(1));
-    await_running(&a, 1).await;
-    // b owns nothing in epoch 1: it idles and is ready (every partition it owns runs).
-    await_running(&b, 1).await;
-
-    let (bootstrap, topic, to_produce) = (
-        scenario.bootstrap.clone(),
-        scenario.input.clone(),
-        interleaved(&events),
-    );
-    let producing = std::thread::spawn(move || {
-        let producer = producer(&bootstrap);
-        for chunk in to_produce.chunks(to_produce.len() / 40 + 1) {
-            produce(&producer, &topic, chunk);
-            std::thread::sleep(Duration::from_millis(150));
-        }
-    });
+    let mut job = TwoWorkerJob::start("cm-move", 22, 3000, 40).await;
     wait_for("a to checkpoint partitions 2 and 3", TIMEOUT, || async {
         [2, 3]
             .iter()
             .all(|p| {
-                a.metric(&format!("streamjob_checkpoint_offset{{partition=\"{p}\"}}"))
+                job.a
+                    .metric(&format!("streamjob_checkpoint_offset{{partition=\"{p}\"}}"))
                     .is_some_and(|offset| offset > 0.0)
             })
             .then_some(())
     })
     .await;
 
-    home.publish(2, &spec, &[("a", &[0, 1]), ("b", &[2, 3])])
+    job.home
+        .publish(2, &job.spec, &[("a", &[0, 1]), ("b", &[2, 3])])
         .await;
-    await_running(&a, 2).await;
-    await_running(&b, 2).await;
-    producing.join().unwrap();
+    await_running(&job.a, 2).await;
+    await_running(&job.b, 2).await;
+    job.await_produced();
 
-    let results = scenario.await_results(&expected, TIMEOUT).await;
-    assert_only_reference_emissions(&results, &expected);
-    for (worker, partitions) in [(&a, [0, 1]), (&b, [2, 3])] {
+    let results = job.scenario.await_results(&job.expected, TIMEOUT).await;
+    assert_only_reference_emissions(&results, &job.expected);
+    for (worker, partitions) in [(&job.a, [0, 1]), (&job.b, [2, 3])] {
         for p in partitions {
-            let end = events.iter().filter(|e| e.partition == p).count() as f64;
+            let end = job.events.iter().filter(|e| e.partition == p).count() as f64;
             assert_eq!(
-                worker.metric(&format!("streamjob_processed_offset{{partition=\"{p}\"}}")),
+                worker.processed_offset(p),
                 Some(end),
                 "partition {p} processed to its end by its epoch-2 owner; log {}",
                 worker.log.display()
             );
         }
     }
-    let log = std::fs::read_to_string(&b.log).unwrap();
+    let log = std::fs::read_to_string(&job.b.log).unwrap();
     for p in [2, 3] {
         assert!(
             log.lines().any(|line| line.contains("partition restored")
                 && line.contains(&format!("partition={p} epoch=1 "))),
             "b restores partition {p} from a checkpoint a wrote in epoch 1; log {}",
-            b.log.display()
+            job.b.log.display()
         );
     }
 }
