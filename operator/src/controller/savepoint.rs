@@ -136,7 +136,11 @@ mod tests {
         assert_eq!(found.keys().copied().collect::<Vec<_>>(), vec![0, 2]);
         assert_eq!(found[&0].size, 4);
 
-        assert!(!manifest_exists(&storage, &paths, "e4-rescale").await.unwrap());
+        assert!(
+            !manifest_exists(&storage, &paths, "e4-rescale")
+                .await
+                .unwrap()
+        );
         let manifest = SavepointManifest {
             id: "e4-rescale".into(),
             epoch: 4,
@@ -146,7 +150,11 @@ mod tests {
         };
         write_manifest(&storage, &paths, &manifest).await.unwrap();
         write_manifest(&storage, &paths, &manifest).await.unwrap();
-        assert!(manifest_exists(&storage, &paths, "e4-rescale").await.unwrap());
+        assert!(
+            manifest_exists(&storage, &paths, "e4-rescale")
+                .await
+                .unwrap()
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }
