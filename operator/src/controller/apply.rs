@@ -1,163 +1,124 @@
 //! Apply: server-side apply of a job's children under one field manager, and deletion of
-//! labelled children that are no longer desired (writes).
+//! labelled children that are no longer desired (writes). The child cache spares the applies
+//! that would change nothing and the list calls of pruning.
 
-use std::collections::BTreeSet;
-
-use k8s_openapi::NamespaceResourceScope;
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams},
 };
-use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     Error,
+    cache::{Child, ChildCache},
     desired::Children,
-    names::{ChildNames, MANAGED_BY_LABEL, MANAGER},
+    names::{ChildNames, MANAGER},
 };
 
-/// Applies every child, the RBAC and plan before the Deployment that needs them.
-pub async fn apply(client: &Client, namespace: &str, children: &Children) -> Result<(), Error> {
-    apply_one(
+/// Applies every child, the RBAC and plan before the Deployment that needs them; a child
+/// that is unchanged since this process applied it, and untouched since, is not sent again.
+pub async fn apply(
+    client: &Client,
+    cache: &ChildCache,
+    namespace: &str,
+    children: &Children,
+) -> Result<(), Error> {
+    let apply = Applier {
         client,
+        cache,
         namespace,
-        &children.service_account,
-        "worker ServiceAccount",
-    )
-    .await?;
-    apply_one(client, namespace, &children.role, "worker Role").await?;
-    apply_one(
-        client,
-        namespace,
-        &children.role_binding,
-        "worker RoleBinding",
-    )
-    .await?;
-    apply_one(client, namespace, &children.plan, "plan ConfigMap").await?;
-    apply_one(client, namespace, &children.service, "worker Service").await?;
-    apply_one(client, namespace, &children.deployment, "worker Deployment").await?;
+    };
+    apply
+        .one(&children.service_account, "worker ServiceAccount")
+        .await?;
+    apply.one(&children.role, "worker Role").await?;
+    apply
+        .one(&children.role_binding, "worker RoleBinding")
+        .await?;
+    apply.one(&children.plan, "plan ConfigMap").await?;
+    apply.one(&children.service, "worker Service").await?;
+    apply.one(&children.deployment, "worker Deployment").await?;
     Ok(())
 }
 
-async fn apply_one<K>(
-    client: &Client,
-    namespace: &str,
-    object: &K,
-    what: &'static str,
-) -> Result<(), Error>
-where
-    K: Resource<Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.patch(
-        &object.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::Apply { what, source })?;
-    Ok(())
+struct Applier<'a> {
+    client: &'a Client,
+    cache: &'a ChildCache,
+    namespace: &'a str,
+}
+
+impl Applier<'_> {
+    async fn one<K: Child>(&self, object: &K, what: &'static str) -> Result<(), Error> {
+        let (unchanged, digest) = self.cache.unchanged(self.namespace, object);
+        if unchanged {
+            return Ok(());
+        }
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        let applied = api
+            .patch(
+                &object.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(object),
+            )
+            .await
+            .map_err(|source| Error::Apply { what, source })?;
+        self.cache.applied(self.namespace, digest, &applied);
+        Ok(())
+    }
 }
 
 /// Deletes children of `job` (by label and owner uid) that `children` no longer contains.
 pub async fn prune(
     client: &Client,
+    cache: &ChildCache,
     namespace: &str,
     job_uid: &str,
     names: &ChildNames,
     children: &Children,
 ) -> Result<usize, Error> {
-    let mut deleted = 0;
-    deleted += prune_kind(
+    let prune = Pruner {
         client,
+        cache,
         namespace,
         job_uid,
         names,
-        &children.deployment,
-        "Deployment",
-    )
-    .await?;
-    deleted += prune_kind(
-        client,
-        namespace,
-        job_uid,
-        names,
-        &children.plan,
-        "ConfigMap",
-    )
-    .await?;
-    deleted += prune_kind(
-        client,
-        namespace,
-        job_uid,
-        names,
-        &children.service,
-        "Service",
-    )
-    .await?;
-    deleted += prune_kind(
-        client,
-        namespace,
-        job_uid,
-        names,
-        &children.service_account,
-        "ServiceAccount",
-    )
-    .await?;
-    deleted += prune_kind(client, namespace, job_uid, names, &children.role, "Role").await?;
-    deleted += prune_kind(
-        client,
-        namespace,
-        job_uid,
-        names,
-        &children.role_binding,
-        "RoleBinding",
-    )
-    .await?;
-    Ok(deleted)
+    };
+    Ok(prune.kind(&children.deployment, "Deployment").await?
+        + prune.kind(&children.plan, "ConfigMap").await?
+        + prune.kind(&children.service, "Service").await?
+        + prune
+            .kind(&children.service_account, "ServiceAccount")
+            .await?
+        + prune.kind(&children.role, "Role").await?
+        + prune.kind(&children.role_binding, "RoleBinding").await?)
 }
 
-/// Deletes objects of `desired`'s kind that carry the job's labels and owner but are not
-/// `desired` itself.
-async fn prune_kind<K>(
-    client: &Client,
-    namespace: &str,
-    job_uid: &str,
-    names: &ChildNames,
-    desired: &K,
-    what: &'static str,
-) -> Result<usize, Error>
-where
-    K: Resource<Scope = NamespaceResourceScope>
-        + Serialize
-        + DeserializeOwned
-        + Clone
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let selector = format!("{},{MANAGED_BY_LABEL}={MANAGER}", names.selector_string());
-    let found = api
-        .list_metadata(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|source| Error::Prune { what, source })?;
-    let keep: BTreeSet<String> = BTreeSet::from([desired.name_any()]);
-    let mut deleted = 0;
-    for object in found.items {
-        let owned = object.owner_references().iter().any(|o| o.uid == job_uid);
-        let name = object.name_any();
-        if owned && !keep.contains(&name) {
+struct Pruner<'a> {
+    client: &'a Client,
+    cache: &'a ChildCache,
+    namespace: &'a str,
+    job_uid: &'a str,
+    names: &'a ChildNames,
+}
+
+impl Pruner<'_> {
+    /// Deletes objects of `desired`'s kind that carry the job's labels and owner but are not
+    /// `desired` itself (found in the child cache, which holds only operator-managed objects).
+    async fn kind<K: Child>(&self, desired: &K, what: &'static str) -> Result<usize, Error> {
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.namespace);
+        let found = self
+            .cache
+            .owned::<K>(self.namespace, &self.names.selector(), self.job_uid)
+            .await
+            .map_err(|closed| Error::Cache(closed.to_string()))?;
+        let keep = desired.name_any();
+        let mut deleted = 0;
+        for name in found.into_iter().filter(|name| *name != keep) {
             tracing::info!(kind = what, %name, "deleting a child that is no longer desired");
             api.delete(&name, &DeleteParams::background())
                 .await
                 .map_err(|source| Error::Prune { what, source })?;
             deleted += 1;
         }
+        Ok(deleted)
     }
-    Ok(deleted)
 }

@@ -5,6 +5,7 @@
 //! `Stalled` condition; wait for a change) and transient faults (requeue with backoff).
 
 pub mod apply;
+pub mod cache;
 pub mod cleanup;
 pub mod desired;
 mod malformed;
@@ -23,10 +24,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    core::v1::{ConfigMap, ObjectReference, Pod, Service},
-};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{ApiResource, DynamicObject, Patch, PatchParams},
@@ -43,6 +41,7 @@ use streamjob_api::StreamJob;
 use thiserror::Error;
 
 use self::{
+    cache::ChildCache,
     desired::{DesiredError, WorkerDefaults},
     names::{ChildNames, JOB_LABEL, MANAGED_BY_LABEL, MANAGER},
     planning::{PlanInput, next_plan},
@@ -108,6 +107,9 @@ pub enum Error {
     /// Deleting checkpoints at job deletion failed.
     #[error("failed to delete the job's checkpoints: {0}")]
     Cleanup(String),
+    /// The child cache cannot answer (its watch stopped, which happens only at shutdown).
+    #[error("{0}")]
+    Cache(String),
 }
 
 impl Error {
@@ -121,6 +123,7 @@ impl Error {
             Error::Status(_) => "status",
             Error::Finalizer(_) => "finalizer",
             Error::Cleanup(_) => "cleanup",
+            Error::Cache(_) => "cache",
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct Context {
     pub client: Client,
     /// Cache of every operator-managed pod.
     pub pods: Store<Pod>,
+    /// Metadata of every operator-managed child, and what this process last applied.
+    pub children: ChildCache,
     /// Kafka metadata clients.
     pub kafka: KafkaClients,
     /// Worker settings shared by every job.
@@ -171,9 +176,14 @@ pub async fn run(
     let namespace = options.namespace.as_deref();
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let (pod_store, pod_writer) = reflector::store();
+    // The planner reads only pods' metadata and status; the rest is not kept (at 1000 jobs
+    // the spec and managed fields of their pods were a large part of the operator's memory).
     let pod_events = reflector::reflector(
         pod_writer,
-        watcher(scoped::<Pod>(&client, namespace), managed.clone()),
+        watcher(scoped::<Pod>(&client, namespace), managed.clone()).modify(|pod| {
+            pod.managed_fields_mut().clear();
+            pod.spec = None;
+        }),
     )
     .default_backoff()
     .touched_objects();
@@ -185,9 +195,11 @@ pub async fn run(
             instance: Some(options.identity.clone()),
         },
     );
+    let (children, child_streams) = cache::child_cache(&client, namespace, &managed);
     let ctx = Arc::new(Context {
         client: client.clone(),
         pods: pod_store,
+        children,
         kafka: KafkaClients::default(),
         defaults: options.defaults.clone(),
         recorder,
@@ -206,15 +218,30 @@ pub async fn run(
         None => Api::all_with(client.clone(), &resource),
     };
     let pod_owner = resource.clone();
-    Controller::new_with(jobs, watcher::Config::default().any_semantic(), resource)
+    // As `Controller::new_with`, but the cached jobs lack their managed fields, which
+    // reconcile never reads.
+    let job_writer = reflector::store::Writer::new(resource.clone());
+    let job_store = job_writer.as_reader();
+    let job_events = reflector::reflector(
+        job_writer,
+        watcher(jobs, watcher::Config::default().any_semantic())
+            .modify(|job| job.managed_fields_mut().clear()),
+    )
+    .applied_objects();
+    Controller::for_stream_with(job_events, job_store, resource)
         .with_config(ControllerConfig::default().concurrency(options.concurrency))
-        .owns(scoped::<Deployment>(&client, namespace), managed.clone())
-        .owns(scoped::<ConfigMap>(&client, namespace), managed.clone())
-        .owns(scoped::<Service>(&client, namespace), managed)
+        .owns_stream(child_streams.deployments)
+        .owns_stream(child_streams.config_maps)
+        .owns_stream(child_streams.services)
         .watches_stream(pod_events, move |pod: Pod| {
             let job = pod.labels().get(JOB_LABEL)?.clone();
             Some(ObjectRef::new_with(&job, pod_owner.clone()).within(&pod.namespace()?))
         })
+        // The RBAC children trigger nothing, as before; the controller only polls their
+        // watches to keep the child cache filled.
+        .watches_stream(child_streams.service_accounts, |_| None)
+        .watches_stream(child_streams.roles, |_| None)
+        .watches_stream(child_streams.role_bindings, |_| None)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -357,7 +384,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 owner,
                 &ctx.defaults,
             )?;
-            apply::apply(&ctx.client, &namespace, &children).await?;
+            apply::apply(&ctx.client, &ctx.children, &namespace, &children).await?;
             let generation = (uid(job), job.metadata.generation.unwrap_or(0));
             let needs_prune = !ctx
                 .pruned
@@ -366,7 +393,15 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 .contains(&generation);
             if needs_prune {
                 let names = ChildNames::new(&name);
-                apply::prune(&ctx.client, &namespace, &generation.0, &names, &children).await?;
+                apply::prune(
+                    &ctx.client,
+                    &ctx.children,
+                    &namespace,
+                    &generation.0,
+                    &names,
+                    &children,
+                )
+                .await?;
                 ctx.pruned
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

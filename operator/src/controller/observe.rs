@@ -90,15 +90,23 @@ pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> 
         ))
     };
 
-    let plans: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
-    let plan = plans
-        .get_opt(&names.plan())
-        .await
-        .map_err(|source| Error::Read {
-            what: "plan ConfigMap",
-            source,
-        })?
-        .and_then(|cm| cm.data?.get(PLAN_KEY).cloned())
+    // The plan this process applied last, while nobody has touched it since; else a read.
+    let plan_data = match ctx.children.config_map_data(&namespace, &names.plan()) {
+        Some(data) => Some(data),
+        None => {
+            let plans: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+            plans
+                .get_opt(&names.plan())
+                .await
+                .map_err(|source| Error::Read {
+                    what: "plan ConfigMap",
+                    source,
+                })?
+                .and_then(|cm| cm.data)
+        }
+    };
+    let plan = plan_data
+        .and_then(|data| data.get(PLAN_KEY).cloned())
         .and_then(|yaml| match serde_yaml::from_str::<Plan>(&yaml) {
             Ok(plan) => Some(plan),
             Err(error) => {
