@@ -15,6 +15,7 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams},
 };
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use serde_json::json;
 use streamjob_operator::api::{JobState, Phase};
 use streamjob_tests::{
@@ -23,6 +24,7 @@ use streamjob_tests::{
         Operator, OperatorFixture, create_s3_secret, get_job, job_manifest, kubectl_apply,
         wait_for_condition,
     },
+    reference::Event,
     run, run_ok,
     scenario::{Scenario, assert_only_reference_emissions, expected, generate},
     temp_namespace, wait_for,
@@ -35,6 +37,21 @@ const RESULTS_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn plan_of(cm: &ConfigMap) -> Plan {
     serde_yaml::from_str(&cm.data.as_ref().unwrap()["plan.yaml"]).unwrap()
+}
+
+/// Produces the first half of `events` and waits until results come out; returns the rest.
+async fn produce_first_half<'a>(
+    scenario: &Scenario,
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    events: &'a [Event],
+) -> &'a [Event] {
+    let (first, rest) = events.split_at(events.len() / 2);
+    produce(producer, &scenario.input, first);
+    wait_for("some results", Duration::from_secs(60), || async {
+        (!scenario.output_results().is_empty()).then_some(())
+    })
+    .await;
+    rest
 }
 
 fn strs(args: &[String]) -> Vec<&str> {
@@ -201,13 +218,8 @@ async fn a_deleted_pod_hands_its_partitions_to_the_replacement_without_loss() {
 
     let events = generate(12, 300);
     let reference = expected(&events);
-    let (first, rest) = events.split_at(events.len() / 2);
     let producer = producer(&scenario.bootstrap);
-    produce(&producer, &scenario.input, first);
-    wait_for("some results", Duration::from_secs(60), || async {
-        (!scenario.output_results().is_empty()).then_some(())
-    })
-    .await;
+    let rest = produce_first_half(scenario, &producer, &events).await;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), n);
     let victim = pods
@@ -369,13 +381,8 @@ async fn suspend_stops_the_workers_and_resume_continues_without_loss() {
 
     let events = generate(14, 300);
     let reference = expected(&events);
-    let (first, rest) = events.split_at(events.len() / 2);
     let producer = producer(&scenario.bootstrap);
-    produce(&producer, &scenario.input, first);
-    wait_for("some results", Duration::from_secs(60), || async {
-        (!scenario.output_results().is_empty()).then_some(())
-    })
-    .await;
+    let rest = produce_first_half(scenario, &producer, &events).await;
 
     manifest["spec"]["state"] = json!("suspended");
     kubectl_apply(scenario, &manifest);
@@ -547,13 +554,8 @@ async fn a_pipeline_change_reaches_the_running_workers_without_new_pods() {
 
     let events = generate(16, 300);
     let reference = expected(&events);
-    let (first, rest) = events.split_at(events.len() / 2);
     let producer = producer(&scenario.bootstrap);
-    produce(&producer, &scenario.input, first);
-    wait_for("some results", Duration::from_secs(60), || async {
-        (!scenario.output_results().is_empty()).then_some(())
-    })
-    .await;
+    let rest = produce_first_half(scenario, &producer, &events).await;
 
     // A map after the window tags every result; window state carries over.
     let steps = manifest["spec"]["pipeline"].as_array_mut().unwrap();
@@ -618,13 +620,8 @@ async fn a_crashed_worker_restarts_in_its_pod_and_new_partitions_get_owners() {
 
     let events = generate(17, 300);
     let reference = expected(&events);
-    let (first, rest) = events.split_at(events.len() / 2);
     let producer = producer(&scenario.bootstrap);
-    produce(&producer, &scenario.input, first);
-    wait_for("some results", Duration::from_secs(60), || async {
-        (!scenario.output_results().is_empty()).then_some(())
-    })
-    .await;
+    let rest = produce_first_half(scenario, &producer, &events).await;
 
     // SIGKILL one worker process: the pod stays, its container restarts and restores.
     let pods: Api<Pod> = Api::namespaced(client.clone(), n);
