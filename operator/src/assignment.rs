@@ -66,13 +66,16 @@ pub fn assign(partitions: i32, pods: &[String], previous: &Assignment) -> Assign
     result
 }
 
+/// Partition → the pod that owns it.
+pub fn owners(assignment: &Assignment) -> BTreeMap<i32, &str> {
+    assignment
+        .iter()
+        .flat_map(|(pod, held)| held.iter().map(move |p| (*p, pod.as_str())))
+        .collect()
+}
+
 /// Partitions whose owner differs between two assignments (unowned counts as an owner).
 pub fn moved(before: &Assignment, after: &Assignment) -> BTreeSet<i32> {
-    let owners = |a: &Assignment| -> BTreeMap<i32, String> {
-        a.iter()
-            .flat_map(|(pod, ps)| ps.iter().map(move |p| (*p, pod.clone())))
-            .collect()
-    };
     let (b, a) = (owners(before), owners(after));
     b.keys()
         .chain(a.keys())

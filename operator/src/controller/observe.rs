@@ -24,8 +24,6 @@ pub struct Observed {
     pub plan: Option<Plan>,
     /// The source topic, or why it could not be described.
     pub topic: Result<TopicInfo, Blocker>,
-    /// Secrets the spec names that do not exist.
-    pub missing_secrets: Vec<String>,
     /// Newest checkpoint per partition, read from storage.
     pub checkpoints: BTreeMap<i32, SeenCheckpoint>,
 }
@@ -122,7 +120,6 @@ pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> 
         pods: worker_pods(&ctx.pods, &namespace, &job.name_any()),
         plan,
         topic,
-        missing_secrets,
         checkpoints,
     })
 }

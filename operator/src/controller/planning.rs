@@ -23,6 +23,32 @@ pub struct WorkerPod {
     pub ready: bool,
 }
 
+impl WorkerPod {
+    /// Whether the pod is live and ready: it runs every partition it owns.
+    pub fn serves(&self) -> bool {
+        self.ready && self.lifecycle == PodLifecycle::Live
+    }
+}
+
+/// A plan of job `ns/clicks` in `epoch` with `assignment`, for tests.
+#[cfg(test)]
+pub fn test_plan(epoch: u64, assignment: &[(&str, &[i32])]) -> Plan {
+    Plan {
+        job: JobRef {
+            namespace: "ns".into(),
+            name: "clicks".into(),
+        },
+        epoch,
+        spec: StreamJob::test("clicks").spec,
+        assignment: assignment
+            .iter()
+            .map(|(pod, ps)| ((*pod).to_owned(), ps.to_vec()))
+            .collect(),
+        restore: BTreeMap::new(),
+        savepoint: None,
+    }
+}
+
 /// Where a worker pod is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PodLifecycle {

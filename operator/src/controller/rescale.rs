@@ -11,7 +11,7 @@ use streamjob_api::{RescaleStatus, RescaleStep};
 use streamjob_worker::plan::{PartitionRestore, Plan, SavepointOrder};
 
 use super::planning::{PodLifecycle, WorkerPod};
-use crate::assignment::{self, Assignment};
+use crate::assignment;
 
 /// Everything the next rescale step depends on.
 #[derive(Debug)]
@@ -209,11 +209,7 @@ fn savepointing(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
 
 fn handing_over(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
     let owners_ready = input.plan.assignment.iter().all(|(pod, held)| {
-        held.is_empty()
-            || input
-                .pods
-                .iter()
-                .any(|p| &p.name == pod && p.ready && p.lifecycle == PodLifecycle::Live)
+        held.is_empty() || input.pods.iter().any(|p| &p.name == pod && p.serves())
     });
     if !owners_ready {
         return Decision::HandingOver(current.clone());
@@ -290,20 +286,11 @@ fn idle_pods(plan: &Plan, live: &[&WorkerPod]) -> Vec<String> {
         .collect()
 }
 
-/// Owners of each partition in `assignment` (for tests and events).
-pub fn owners(assignment: &Assignment) -> BTreeMap<i32, &str> {
-    assignment
-        .iter()
-        .flat_map(|(pod, held)| held.iter().map(move |p| (*p, pod.as_str())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use streamjob_api::StreamJob;
-    use streamjob_worker::plan::JobRef;
 
     use super::*;
+    use crate::controller::planning::test_plan;
 
     fn live(names: &[&str]) -> Vec<WorkerPod> {
         names
@@ -317,20 +304,7 @@ mod tests {
     }
 
     fn plan(epoch: u64, assignment: &[(&str, &[i32])]) -> Plan {
-        Plan {
-            job: JobRef {
-                namespace: "ns".into(),
-                name: "clicks".into(),
-            },
-            epoch,
-            spec: StreamJob::test("clicks").spec,
-            assignment: assignment
-                .iter()
-                .map(|(pod, ps)| ((*pod).to_owned(), ps.to_vec()))
-                .collect(),
-            restore: BTreeMap::new(),
-            savepoint: None,
-        }
+        test_plan(epoch, assignment)
     }
 
     fn t(seconds: i64) -> jiff::Timestamp {
@@ -427,7 +401,7 @@ mod tests {
         assert_eq!(plan.epoch, 4);
         assert_eq!(plan.savepoint.as_ref().unwrap().id, "e4-rescale");
         assert_eq!(missing, vec![0, 1, 2, 3]);
-        let owners = owners(&plan.assignment);
+        let owners = assignment::owners(&plan.assignment);
         assert_eq!(plan.assignment.len(), 4, "every pod owns one partition");
         let moved: Vec<i32> = plan.restore.keys().copied().collect();
         assert_eq!(moved.len(), 2, "two partitions move, two stay: {owners:?}");

@@ -1,8 +1,6 @@
 //! Status: what the operator observed, as conditions kstatus reads, and the events that
 //! mark each transition (pure; the controller writes both).
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 use streamjob_api::{
@@ -11,12 +9,9 @@ use streamjob_api::{
 use streamjob_worker::plan::Plan;
 
 use super::{
-    Blocker,
-    desired::replicas,
-    names::ChildNames,
-    observe::Observed,
-    planning::{PodLifecycle, WorkerPod},
+    Blocker, desired::replicas, names::ChildNames, observe::Observed, planning::PodLifecycle,
 };
+use crate::assignment;
 
 /// Everything the status is computed from.
 pub struct StatusInput<'a> {
@@ -225,22 +220,17 @@ fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, 
 
     let partitions = input.observed.topic.as_ref().map_or(0, |t| t.partitions);
     let wanted = usize::try_from(replicas(input.job, partitions)).unwrap_or(0);
-    let ready_owner = |pod: &str| is_ready(pods, pod);
+    let owners = input
+        .plan
+        .map(|plan| assignment::owners(&plan.assignment))
+        .unwrap_or_default();
     let unserved = (0..partitions)
         .filter(|partition| {
-            let owner = input.plan.and_then(|plan| {
-                plan.assignment
-                    .iter()
-                    .find(|(_, parts)| parts.contains(partition))
-                    .map(|(pod, _)| pod.as_str())
-            });
-            !owner.is_some_and(ready_owner)
+            let owner = owners.get(partition);
+            !owner.is_some_and(|owner| pods.iter().any(|p| p.name == *owner && p.serves()))
         })
         .count();
-    let ready_pods = pods
-        .iter()
-        .filter(|p| p.ready && p.lifecycle == PodLifecycle::Live)
-        .count();
+    let ready_pods = pods.iter().filter(|p| p.serves()).count();
     let epoch = input.plan.map_or(0, |p| p.epoch);
 
     let waiting = if terminating > 0 {
@@ -309,14 +299,9 @@ fn partitions(input: &StatusInput<'_>) -> Vec<PartitionStatus> {
             .map(|s| s.assignment.clone())
             .unwrap_or_default();
     };
-    let owners: BTreeMap<i32, &String> = input
+    let owners = input
         .plan
-        .map(|plan| {
-            plan.assignment
-                .iter()
-                .flat_map(|(pod, parts)| parts.iter().map(move |p| (*p, pod)))
-                .collect()
-        })
+        .map(|plan| assignment::owners(&plan.assignment))
         .unwrap_or_default();
     (0..topic.partitions)
         .map(|partition| {
@@ -325,7 +310,7 @@ fn partitions(input: &StatusInput<'_>) -> Vec<PartitionStatus> {
             let end = topic.end_offsets.get(&partition).copied();
             PartitionStatus {
                 partition,
-                pod: owners.get(&partition).map(|p| (*p).clone()),
+                pod: owners.get(&partition).map(|p| (*p).to_owned()),
                 committed_offset: committed,
                 lag: committed
                     .zip(end)
@@ -344,18 +329,15 @@ fn last_checkpoint(observed: &Observed) -> Option<CheckpointSummary> {
     })
 }
 
-/// Whether the pod list holds a pod by this name that is live and ready.
-fn is_ready(pods: &[WorkerPod], name: &str) -> bool {
-    pods.iter()
-        .any(|p| p.name == name && p.ready && p.lifecycle == PodLifecycle::Live)
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::kafka::TopicInfo;
+    use crate::{
+        controller::planning::{WorkerPod, test_plan},
+        kafka::TopicInfo,
+    };
 
     fn pod(name: &str, ready: bool, lifecycle: PodLifecycle) -> WorkerPod {
         WorkerPod {
@@ -373,26 +355,12 @@ mod tests {
                 partitions: 2,
                 end_offsets: BTreeMap::from([(0, 10), (1, 4)]),
             }),
-            missing_secrets: vec![],
             checkpoints: BTreeMap::new(),
         }
     }
 
     fn plan(assignment: &[(&str, &[i32])]) -> Plan {
-        Plan {
-            job: streamjob_worker::plan::JobRef {
-                namespace: "ns".into(),
-                name: "clicks".into(),
-            },
-            epoch: 3,
-            spec: StreamJob::test("clicks").spec,
-            assignment: assignment
-                .iter()
-                .map(|(pod, ps)| ((*pod).to_owned(), ps.to_vec()))
-                .collect(),
-            restore: BTreeMap::new(),
-            savepoint: None,
-        }
+        test_plan(3, assignment)
     }
 
     fn condition<'a>(status: &'a StreamJobStatus, type_: &str) -> &'a Condition {
