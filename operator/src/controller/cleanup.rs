@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use futures::TryStreamExt as _;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{DeleteParams, Patch, PatchParams},
     runtime::controller::Action,
 };
 use object_store::ObjectStoreExt as _;
@@ -20,7 +21,7 @@ use kube::runtime::events::EventType;
 
 use super::{
     Context, Error,
-    names::{CLEANUP_FINALIZER, MANAGER},
+    names::{CLEANUP_FINALIZER, ChildNames, JOB_LABEL, MANAGER},
     status::Transition,
 };
 
@@ -41,6 +42,32 @@ pub async fn on_deletion(job: &StreamJob, ctx: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let namespace = job.namespace().unwrap_or_default();
+    // The finalizer holds the job, and with it the garbage collection of its Deployment:
+    // stop the workers first, or their final checkpoints would land after the deletion.
+    let name = job.name_any();
+    let workers_left = ctx.pods.state().iter().any(|pod| {
+        pod.namespace().as_deref() == Some(namespace.as_str())
+            && pod.labels().get(JOB_LABEL) == Some(&name)
+    });
+    if workers_left {
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+        let workers = ChildNames::new(&name).workers();
+        match deployments
+            .delete(&workers, &DeleteParams::background())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    what: "worker Deployment deletion",
+                    source,
+                });
+            }
+        }
+        tracing::info!("waiting for the workers to stop before deleting checkpoints");
+        return Ok(Action::requeue(Duration::from_secs(2)));
+    }
     let url = &job.spec.checkpoint.storage;
     if url.starts_with("file://") {
         tracing::warn!(%url, "file:// checkpoints live in the worker pods; nothing to delete here");
