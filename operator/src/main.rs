@@ -68,6 +68,11 @@ struct RunArgs {
     /// refreshed, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     status_interval: Duration,
+    /// How long workers get to write their parts of a rescale's savepoint, from when the
+    /// handover plan is published; partitions whose part is missing then restore from their
+    /// newest checkpoints (they replay from its offset; nothing is lost).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    savepoint_timeout: Duration,
     /// Log format.
     #[arg(long, env = "STREAMJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -142,6 +147,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         identity,
         concurrency: args.concurrency,
         status_interval: args.status_interval,
+        savepoint_timeout: args.savepoint_timeout,
     };
     tracing::info!(namespace = ?options.namespace, "starting the StreamJob controller");
     let controller = controller::run(client, options, metrics.clone(), stopped(stop_rx.clone()));

@@ -7,7 +7,8 @@ use std::{
     time::Duration,
 };
 
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, Client, api::ListParams};
 use serde_json::{Value, json};
 use streamjob_operator::api::StreamJob;
 
@@ -217,13 +218,18 @@ pub struct OperatorFixture {
 impl OperatorFixture {
     /// Sets up a world for the scenario named after `prefix`.
     pub async fn start(prefix: &str) -> Self {
+        Self::start_with(prefix, &[]).await
+    }
+
+    /// As [`Self::start`], the operator started with `extra` arguments.
+    pub async fn start_with(prefix: &str, extra: &[&str]) -> Self {
         let client = kube_client().await;
         ensure_crd(&client).await;
         let namespace = temp_namespace(&format!("op-{prefix}"));
         create_s3_secret(&namespace.name);
         let scenario = Scenario::new(prefix).await;
         let runner = worker_runner(&namespace.name);
-        let operator = Operator::start(&namespace.name, &[], &scenario.dir.join("operator.log"));
+        let operator = Operator::start(&namespace.name, extra, &scenario.dir.join("operator.log"));
         Self {
             operator,
             _runner: runner,
@@ -237,4 +243,34 @@ impl OperatorFixture {
     pub fn ns(&self) -> &str {
         &self.namespace.name
     }
+}
+
+/// A worker pod of `job` and the process id of its container, as the pod runner reports it.
+pub async fn worker_process(client: &Client, namespace: &str, job: &str) -> (String, i32) {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("streamjob.dev/job={job}"));
+    let pod = pods
+        .list(&params)
+        .await
+        .expect("the job's pods can be listed")
+        .items
+        .into_iter()
+        .next()
+        .expect("the job has a pod");
+    let container_id = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|statuses| statuses.into_iter().next())
+        .and_then(|status| status.container_id)
+        .expect("the pod's container runs");
+    let pid = container_id
+        .trim_start_matches("streamjob-pod-runner://")
+        .parse()
+        .expect("the pod runner's container ids carry the pid");
+    (pod.metadata.name.unwrap_or_default(), pid)
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal_process(pid: i32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("the process exists");
 }

@@ -22,7 +22,7 @@ use streamjob_tests::{
     ensure_crd, kube_client,
     operator::{
         Operator, OperatorFixture, create_s3_secret, get_job, job_manifest, kubectl_apply,
-        wait_for_condition,
+        signal_process, wait_for_condition, worker_process,
     },
     reference::Event,
     run, run_ok,
@@ -625,22 +625,8 @@ async fn a_crashed_worker_restarts_in_its_pod_and_new_partitions_get_owners() {
 
     // SIGKILL one worker process: the pod stays, its container restarts and restores.
     let pods: Api<Pod> = Api::namespaced(client.clone(), n);
-    let params = ListParams::default().labels(&worker_pods_selector(name));
-    let victim = pods.list(&params).await.unwrap().items.remove(0);
-    let victim_name = victim.metadata.name.clone().unwrap();
-    let container = &victim.status.unwrap().container_statuses.unwrap()[0];
-    let pid: i32 = container
-        .container_id
-        .as_deref()
-        .unwrap()
-        .trim_start_matches("streamjob-pod-runner://")
-        .parse()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let (victim_name, pid) = worker_process(&client, n, name).await;
+    signal_process(pid, nix::sys::signal::Signal::SIGKILL);
     produce(&producer, &scenario.input, rest);
     wait_for(
         "the worker to restart in its pod",

@@ -131,6 +131,14 @@ pub struct RescaleStatus {
     pub step: RescaleStep,
     /// When the rescale started.
     pub started: Time,
+    /// When the current step started (the savepoint timeout counts from the start of
+    /// `Savepointing`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started: Option<Time>,
+    /// Partitions whose savepoint part did not come in time: they restored from their
+    /// newest checkpoints instead and replayed from its offset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback: Vec<i32>,
 }
 
 /// Steps of the rescale protocol, in order.

@@ -2,6 +2,7 @@
 //! labelled children that are no longer desired (writes). The child cache spares the applies
 //! that would change nothing and the list calls of pruning.
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, Patch, PatchParams},
@@ -121,4 +122,35 @@ impl Pruner<'_> {
         }
         Ok(deleted)
     }
+}
+
+/// The annotation the ReplicaSet controller reads to pick which pods a scale-down removes.
+pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// Marks `pods` as the cheapest to delete, so that the ReplicaSet removes exactly those when
+/// the Deployment shrinks (a merge patch of one annotation: idempotent).
+pub async fn mark_for_removal(
+    client: &Client,
+    namespace: &str,
+    pods: &[String],
+) -> Result<(), Error> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "metadata": { "annotations": { DELETION_COST: "-1000" } } });
+    for pod in pods {
+        match api
+            .patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {}
+            // Already gone: nothing left to choose.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    what: "pod deletion cost",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
 }

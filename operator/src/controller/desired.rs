@@ -65,11 +65,11 @@ pub struct WorkerDefaults {
     pub image: String,
 }
 
-/// Builds the children of `job` (in `namespace`, its topic having `partitions`) running `plan`.
+/// Builds the children of `job` (in `namespace`, with `replicas` workers) running `plan`.
 pub fn children(
     job: &StreamJob,
     namespace: &str,
-    partitions: i32,
+    replicas: i32,
     plan: &Plan,
     owner: OwnerReference,
     defaults: &WorkerDefaults,
@@ -139,7 +139,7 @@ pub fn children(
             json!({
                 "metadata": meta(names.workers()),
                 "spec": {
-                    "replicas": replicas(job, partitions),
+                    "replicas": replicas,
                     "selector": { "matchLabels": names.selector() },
                     "template": pod_template(job, &names, defaults),
                 },
@@ -278,7 +278,7 @@ mod tests {
         let defaults = WorkerDefaults {
             image: "streamjob:test".into(),
         };
-        children(job, "team-a", 2, &plan, owner(), &defaults).unwrap()
+        children(job, "team-a", replicas(job, 2), &plan, owner(), &defaults).unwrap()
     }
 
     fn worker(children: &Children) -> Container {

@@ -6,12 +6,18 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::{Api, ResourceExt, runtime::reflector::Store};
 use streamjob_api::StreamJob;
-use streamjob_worker::{checkpoint::CheckpointStore, paths::JobPaths, plan::Plan, storage};
+use streamjob_worker::{
+    checkpoint::CheckpointStore,
+    paths::JobPaths,
+    plan::Plan,
+    storage::{self, Storage},
+};
 
 use super::{
     Blocker, Context, Error,
     names::{ChildNames, JOB_LABEL, PLAN_KEY},
     planning::{PodLifecycle, WorkerPod},
+    savepoint::{self, SavepointPart},
 };
 use crate::kafka::{KafkaProblem, TopicInfo};
 
@@ -26,6 +32,44 @@ pub struct Observed {
     pub topic: Result<TopicInfo, Blocker>,
     /// Newest checkpoint per partition, read from storage.
     pub checkpoints: BTreeMap<i32, SeenCheckpoint>,
+    /// The job's object storage, when the operator can reach it (not `file://`).
+    pub storage: Option<JobStorage>,
+    /// The parts in storage of the savepoint of the rescale in flight, by partition.
+    pub parts: BTreeMap<i32, SavepointPart>,
+}
+
+/// The job's objects in storage.
+#[derive(Clone, Debug)]
+pub struct JobStorage {
+    /// The opened store.
+    pub storage: Storage,
+    /// Paths of the job's objects.
+    pub paths: JobPaths,
+}
+
+impl JobStorage {
+    /// The job's storage, or `None` for a `file://` URL: that directory lives in the worker
+    /// pods, out of the operator's sight. A store that does not open is logged.
+    pub fn open(
+        job: &StreamJob,
+        namespace: &str,
+        settings: &BTreeMap<String, String>,
+    ) -> Option<Self> {
+        let url = &job.spec.checkpoint.storage;
+        if url.starts_with("file://") {
+            return None;
+        }
+        match storage::open_with(url, settings) {
+            Ok(storage) => {
+                let paths = JobPaths::new(&storage.prefix, namespace, &job.name_any());
+                Some(Self { storage, paths })
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot open checkpoint storage");
+                None
+            }
+        }
+    }
 }
 
 impl Observed {
@@ -114,13 +158,30 @@ pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> 
         });
 
     let partitions = topic.as_ref().map_or(0, |t| t.partitions);
-    let checkpoints = read_checkpoints(job, &namespace, &storage_settings, partitions).await;
+    let storage = JobStorage::open(job, &namespace, &storage_settings);
+    let checkpoints = match &storage {
+        Some(storage) => read_checkpoints(storage, partitions).await,
+        None => BTreeMap::new(),
+    };
+    let rescale = job.status.as_ref().and_then(|s| s.rescale.as_ref());
+    let parts = match (&storage, rescale) {
+        (Some(store), Some(rescale)) => {
+            savepoint::parts(&store.storage, &store.paths, &rescale.savepoint)
+                .await
+                .map_err(|e| {
+                    Error::Storage(format!("cannot list savepoint {}: {e}", rescale.savepoint))
+                })?
+        }
+        _ => BTreeMap::new(),
+    };
 
     Ok(Observed {
         pods: worker_pods(&ctx.pods, &namespace, &job.name_any()),
         plan,
         topic,
         checkpoints,
+        storage,
+        parts,
     })
 }
 
@@ -162,29 +223,11 @@ pub fn worker_pod(pod: &Pod) -> WorkerPod {
     }
 }
 
-/// Newest checkpoint per partition. Only object stores are read: a `file://` directory lives
-/// in the worker pods, out of the operator's sight. Storage trouble is logged, not fatal:
-/// status then lacks checkpoint figures.
-async fn read_checkpoints(
-    job: &StreamJob,
-    namespace: &str,
-    settings: &BTreeMap<String, String>,
-    partitions: i32,
-) -> BTreeMap<i32, SeenCheckpoint> {
-    let url = &job.spec.checkpoint.storage;
+/// Newest checkpoint per partition. Storage trouble is logged, not fatal: status then
+/// lacks checkpoint figures.
+async fn read_checkpoints(storage: &JobStorage, partitions: i32) -> BTreeMap<i32, SeenCheckpoint> {
     let mut seen = BTreeMap::new();
-    if url.starts_with("file://") || partitions == 0 {
-        return seen;
-    }
-    let storage = match storage::open_with(url, settings) {
-        Ok(storage) => storage,
-        Err(error) => {
-            tracing::warn!(%error, "cannot open checkpoint storage");
-            return seen;
-        }
-    };
-    let paths = JobPaths::new(&storage.prefix, namespace, &job.name_any());
-    let store = CheckpointStore::new(storage, paths);
+    let store = CheckpointStore::new(storage.storage.clone(), storage.paths.clone());
     for partition in 0..partitions {
         match store.newest(partition).await {
             Ok(Some((id, time))) => {

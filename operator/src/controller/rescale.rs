@@ -39,6 +39,12 @@ pub struct RescaleInput<'a> {
 pub enum Decision {
     /// No rescale: the plan follows the pods as usual.
     Steady,
+    /// A scale-down waits until every owner runs; meanwhile no pod is removed (the
+    /// Deployment keeps `replicas`), and the plan follows the pods as usual.
+    Deferred {
+        /// Replicas to keep.
+        replicas: i32,
+    },
     /// The Deployment grows to `status.to` first; the plan stays as published.
     ScalingUp(RescaleStatus),
     /// Publish `plan`, the handover epoch with its savepoint order, and wait for the parts
@@ -73,6 +79,10 @@ pub enum Decision {
     },
     /// Finished: `status.rescale` is cleared.
     Done,
+    /// The spec changed its mind before any partition moved (a new target while the
+    /// Deployment was still growing): `status.rescale` is cleared and a new rescale starts
+    /// from the published plan.
+    Abandoned,
 }
 
 impl Decision {
@@ -83,13 +93,18 @@ impl Decision {
             Decision::Savepointing { status, .. }
             | Decision::FallingBack { status, .. }
             | Decision::ScalingDown { status, .. } => Some(status),
-            Decision::Steady | Decision::Done => None,
+            Decision::Steady | Decision::Deferred { .. } | Decision::Done | Decision::Abandoned => {
+                None
+            }
         }
     }
 
     /// Replicas the worker Deployment must have during this step: the larger count until
     /// the handover is over, so no pod that still owns partitions is removed.
     pub fn replicas(&self, target: i32) -> i32 {
+        if let Decision::Deferred { replicas } = self {
+            return *replicas;
+        }
         match self.status() {
             Some(status) if !matches!(self, Decision::ScalingDown { .. }) => {
                 status.from.max(status.to)
@@ -106,16 +121,14 @@ pub fn savepoint_id(epoch: u64) -> String {
 
 /// The step to take now.
 pub fn next_step(input: &RescaleInput<'_>) -> Decision {
-    let live: Vec<&WorkerPod> = input
-        .pods
-        .iter()
-        .filter(|p| p.lifecycle == PodLifecycle::Live)
-        .collect();
+    let live = live_pods(input.pods);
     let Some(current) = input.current else {
         return start(input, live.len());
     };
     let live_count = i32::try_from(live.len()).unwrap_or(i32::MAX);
+    let published = input.plan.epoch >= u64::try_from(current.epoch).unwrap_or(u64::MAX);
     match current.step {
+        RescaleStep::ScalingUp if input.target != current.to && !published => Decision::Abandoned,
         RescaleStep::ScalingUp if live_count < current.to => Decision::ScalingUp(current.clone()),
         RescaleStep::ScalingUp | RescaleStep::Savepointing => savepointing(input, current),
         RescaleStep::HandingOver => handing_over(input, current),
@@ -134,17 +147,31 @@ pub fn next_step(input: &RescaleInput<'_>) -> Decision {
 }
 
 /// A rescale starts when the job runs and the worker count it asks for differs from the
-/// number of pods that own partitions. The first start of a job is not a rescale.
+/// number of pods that own partitions. It starts only from a running job, every owner ready
+/// (so every partition runs and can be snapshotted): not at a job's first start, whose pods
+/// come one by one, nor while a pod restarts or a deleted pod still holds partitions (the
+/// planner moves those once it is gone).
 fn start(input: &RescaleInput<'_>, live: usize) -> Decision {
-    let owners = input
+    let owners: Vec<&String> = input
         .plan
         .assignment
-        .values()
-        .filter(|held| !held.is_empty())
-        .count();
-    let owners = i32::try_from(owners).unwrap_or(i32::MAX);
+        .iter()
+        .filter(|(_, held)| !held.is_empty())
+        .map(|(pod, _)| pod)
+        .collect();
+    let running = owners
+        .iter()
+        .all(|owner| input.pods.iter().any(|p| &&p.name == owner && p.serves()));
+    let owners = i32::try_from(owners.len()).unwrap_or(i32::MAX);
     if input.plan.epoch == 0 || owners == 0 || input.target == 0 || owners == input.target {
         return Decision::Steady;
+    }
+    if !running {
+        return if input.target < owners {
+            Decision::Deferred { replicas: owners }
+        } else {
+            Decision::Steady
+        };
     }
     let epoch = input.plan.epoch + 1;
     let status = RescaleStatus {
@@ -154,6 +181,8 @@ fn start(input: &RescaleInput<'_>, live: usize) -> Decision {
         savepoint: savepoint_id(epoch),
         step: RescaleStep::ScalingUp,
         started: Time(input.now),
+        step_started: Some(Time(input.now)),
+        fallback: Vec::new(),
     };
     if i32::try_from(live).unwrap_or(i32::MAX) < input.target {
         return Decision::ScalingUp(status);
@@ -162,13 +191,15 @@ fn start(input: &RescaleInput<'_>, live: usize) -> Decision {
 }
 
 fn savepointing(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
-    let status = RescaleStatus {
-        step: RescaleStep::Savepointing,
-        ..current.clone()
+    let status = if current.step == RescaleStep::Savepointing {
+        current.clone()
+    } else {
+        next(current, RescaleStep::Savepointing, input.now)
     };
     let epoch = u64::try_from(current.epoch).unwrap_or(0);
     // The handover plan once published stays the one in force (idempotent on restart).
-    let plan = if input.plan.epoch >= epoch {
+    let published = input.plan.epoch >= epoch;
+    let plan = if published {
         input.plan.clone()
     } else {
         handover_plan(input, current)
@@ -177,25 +208,22 @@ fn savepointing(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
         .filter(|p| !input.parts.contains(p))
         .collect();
     if missing.is_empty() {
-        return Decision::HandingOver(RescaleStatus {
-            step: RescaleStep::HandingOver,
-            ..status
-        });
+        return Decision::HandingOver(next(&status, RescaleStep::HandingOver, input.now));
     }
-    let late = input.now.duration_since(current.started.0) > input.part_timeout;
-    if late && input.plan.epoch >= epoch {
+    let since = status.step_started.as_ref().unwrap_or(&status.started).0;
+    let late = input.now.duration_since(since) > input.part_timeout;
+    if late && published {
         let mut fallback = plan;
         fallback.epoch += 1;
         fallback.savepoint = None;
         for partition in &missing {
             fallback.restore.remove(partition);
         }
+        let mut status = next(&status, RescaleStep::HandingOver, input.now);
+        status.epoch = i64::try_from(fallback.epoch).unwrap_or(i64::MAX);
+        status.fallback.clone_from(&missing);
         return Decision::FallingBack {
-            status: RescaleStatus {
-                step: RescaleStep::HandingOver,
-                epoch: i64::try_from(fallback.epoch).unwrap_or(i64::MAX),
-                ..status
-            },
+            status,
             plan: fallback,
             missing,
         };
@@ -207,28 +235,47 @@ fn savepointing(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
     }
 }
 
+/// `current` moved on to `step` at `now`.
+fn next(current: &RescaleStatus, step: RescaleStep, now: jiff::Timestamp) -> RescaleStatus {
+    RescaleStatus {
+        step,
+        step_started: Some(Time(now)),
+        ..current.clone()
+    }
+}
+
 fn handing_over(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
-    let owners_ready = input.plan.assignment.iter().all(|(pod, held)| {
-        held.is_empty() || input.pods.iter().any(|p| &p.name == pod && p.serves())
-    });
-    if !owners_ready {
+    let owner = |name: &String| input.pods.iter().find(|p| &p.name == name);
+    let mut owners = input
+        .plan
+        .assignment
+        .iter()
+        .filter(|(_, held)| !held.is_empty())
+        .map(|(pod, _)| owner(pod));
+    // An owner that went away (deleted, failed) ends the rescale here: the planner moves
+    // its partitions to the pods that exist, from their checkpoints, as after any pod loss.
+    let lost = owners
+        .clone()
+        .any(|pod| pod.is_none_or(|p| p.lifecycle != PodLifecycle::Live));
+    if lost {
+        return Decision::Done;
+    }
+    if !owners.all(|pod| pod.is_some_and(WorkerPod::serves)) {
         return Decision::HandingOver(current.clone());
     }
     if current.to < current.from {
-        let live: Vec<&WorkerPod> = input
-            .pods
-            .iter()
-            .filter(|p| p.lifecycle == PodLifecycle::Live)
-            .collect();
         return Decision::ScalingDown {
-            status: RescaleStatus {
-                step: RescaleStep::ScalingDown,
-                ..current.clone()
-            },
-            remove: idle_pods(input.plan, &live),
+            status: next(current, RescaleStep::ScalingDown, input.now),
+            remove: idle_pods(input.plan, &live_pods(input.pods)),
         };
     }
     Decision::Done
+}
+
+fn live_pods(pods: &[WorkerPod]) -> Vec<&WorkerPod> {
+    pods.iter()
+        .filter(|p| p.lifecycle == PodLifecycle::Live)
+        .collect()
 }
 
 /// The plan of the handover epoch: a sticky assignment over the pods that stay, a
@@ -266,11 +313,7 @@ fn handover_plan(input: &RescaleInput<'_>, current: &RescaleStatus) -> Plan {
 /// the fewest partitions move; ties go by name.
 fn staying_pods(input: &RescaleInput<'_>, count: usize) -> Vec<String> {
     let held = |pod: &str| input.plan.assignment.get(pod).map_or(0, Vec::len);
-    let mut live: Vec<&WorkerPod> = input
-        .pods
-        .iter()
-        .filter(|p| p.lifecycle == PodLifecycle::Live)
-        .collect();
+    let mut live = live_pods(input.pods);
     live.sort_by(|a, b| held(&b.name).cmp(&held(&a.name)).then(a.name.cmp(&b.name)));
     live.into_iter()
         .take(count)
@@ -425,6 +468,8 @@ mod tests {
             savepoint: "e4-rescale".into(),
             step: RescaleStep::Savepointing,
             started: Time(t(0)),
+            step_started: None,
+            fallback: Vec::new(),
         };
         let case = Case {
             target: 4,
@@ -469,6 +514,8 @@ mod tests {
             savepoint: "e4-rescale".into(),
             step: RescaleStep::Savepointing,
             started: Time(t(0)),
+            step_started: None,
+            fallback: Vec::new(),
         };
         let mut case = Case {
             target: 4,
@@ -556,5 +603,135 @@ mod tests {
             ..handing_over
         };
         assert_eq!(gone.step(), Decision::Done);
+    }
+    fn in_flight(step: RescaleStep, epoch: i64) -> RescaleStatus {
+        RescaleStatus {
+            from: 2,
+            to: 4,
+            epoch,
+            savepoint: savepoint_id(u64::try_from(epoch).unwrap()),
+            step,
+            started: Time(t(0)),
+            step_started: Some(Time(t(0))),
+            fallback: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_new_target_before_any_partition_moved_abandons_the_rescale() {
+        let case = Case {
+            target: 3,
+            current: Some(in_flight(RescaleStep::ScalingUp, 4)),
+            plan: two_workers(),
+            pods: live(&["a", "b", "c"]),
+            parts: BTreeSet::new(),
+            now: t(5),
+        };
+        assert_eq!(case.step(), Decision::Abandoned);
+        assert_eq!(case.step().replicas(3), 3);
+    }
+
+    #[test]
+    fn the_savepoint_timeout_counts_from_the_publication_of_the_handover_plan() {
+        let scaling_up = Case {
+            target: 4,
+            current: Some(in_flight(RescaleStep::ScalingUp, 4)),
+            plan: two_workers(),
+            pods: live(&["a", "b", "c", "d"]),
+            parts: BTreeSet::new(),
+            now: t(100),
+        };
+        // The pods took 100 s to come; the workers still get the whole timeout.
+        let Decision::Savepointing { status, plan, .. } = scaling_up.step() else {
+            panic!("expected Savepointing, got {:?}", scaling_up.step());
+        };
+        assert_eq!(status.step_started, Some(Time(t(100))));
+        let waiting = Case {
+            current: Some(status),
+            plan,
+            now: t(150),
+            ..scaling_up
+        };
+        assert!(matches!(waiting.step(), Decision::Savepointing { .. }));
+        let late = Case {
+            now: t(161),
+            ..waiting
+        };
+        assert!(matches!(late.step(), Decision::FallingBack { .. }));
+    }
+
+    #[test]
+    fn an_owner_lost_during_the_handover_ends_the_rescale_for_the_planner() {
+        let handover = plan(4, &[("a", &[0]), ("b", &[2]), ("c", &[1]), ("d", &[3])]);
+        let mut pods = live(&["a", "b", "c", "d"]);
+        pods[3].lifecycle = PodLifecycle::Terminating;
+        let case = Case {
+            target: 4,
+            current: Some(in_flight(RescaleStep::HandingOver, 4)),
+            plan: handover,
+            pods,
+            parts: (0..4).collect(),
+            now: t(5),
+        };
+        assert_eq!(case.step(), Decision::Done);
+        let waiting = Case {
+            pods: {
+                let mut pods = live(&["a", "b", "c", "d"]);
+                pods[3].ready = false;
+                pods
+            },
+            ..case
+        };
+        assert!(
+            matches!(waiting.step(), Decision::HandingOver(_)),
+            "an owner still restoring is waited for"
+        );
+    }
+
+    #[test]
+    fn no_rescale_starts_while_an_owner_is_not_running() {
+        let mut pods = live(&["a", "b"]);
+        pods[1].lifecycle = PodLifecycle::Terminating;
+        let draining = Case {
+            target: 3,
+            current: None,
+            plan: two_workers(),
+            pods,
+            parts: BTreeSet::new(),
+            now: t(0),
+        };
+        assert_eq!(
+            draining.step(),
+            Decision::Steady,
+            "growing waits for the planner"
+        );
+        let shrinking = Case {
+            target: 1,
+            pods: draining.pods.clone(),
+            ..draining
+        };
+        assert_eq!(
+            shrinking.step(),
+            Decision::Deferred { replicas: 2 },
+            "no pod is removed before the handover can run"
+        );
+        assert_eq!(shrinking.step().replicas(1), 2);
+        let starting = Case {
+            pods: {
+                let mut pods = live(&["a", "b"]);
+                pods[0].ready = false;
+                pods
+            },
+            ..shrinking
+        };
+        assert_eq!(
+            Case {
+                target: 3,
+                ..starting
+            }
+            .step(),
+            Decision::Steady,
+            "a job still starting"
+        );
     }
 }

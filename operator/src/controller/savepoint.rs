@@ -4,9 +4,13 @@
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt as _;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
+use streamjob_api::{RescaleStatus, SavepointStatus, StreamJobSpec};
 use streamjob_worker::{paths::JobPaths, storage::Storage};
+
+use super::observe::Observed;
 
 /// One partition's part of a savepoint, as found in storage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +98,54 @@ pub async fn write_manifest(
     }
 }
 
+/// Completes the rescale savepoint `rescale.savepoint` when every partition's part is in
+/// storage: writes its manifest (the savepoint exists from then on) and returns its status
+/// entry. `None` when a part is missing (the rescale fell back) or storage is out of sight.
+pub async fn complete(
+    observed: &Observed,
+    rescale: &RescaleStatus,
+    partitions: i32,
+    spec: &StreamJobSpec,
+    now: jiff::Timestamp,
+) -> Result<Option<SavepointStatus>, object_store::Error> {
+    let Some(storage) = &observed.storage else {
+        return Ok(None);
+    };
+    let complete = (0..partitions).all(|p| observed.parts.contains_key(&p));
+    if !complete || !rescale.fallback.is_empty() {
+        return Ok(None);
+    }
+    let manifest = SavepointManifest {
+        id: rescale.savepoint.clone(),
+        epoch: u64::try_from(rescale.epoch).unwrap_or(0),
+        reason: "rescale".into(),
+        created: now,
+        parts: observed
+            .parts
+            .iter()
+            .filter(|(p, _)| (0..partitions).contains(*p))
+            .map(|(p, part)| (*p, part.clone()))
+            .collect(),
+    };
+    write_manifest(&storage.storage, &storage.paths, &manifest).await?;
+    let path = storage.paths.savepoint_manifest(&manifest.id);
+    Ok(Some(SavepointStatus {
+        name: manifest.id,
+        url: object_url(&spec.checkpoint.storage, path.as_ref()),
+        epoch: rescale.epoch,
+        time: Time(now),
+        reason: manifest.reason,
+    }))
+}
+
+/// The URL of the object at `path` (from the store's root) in the store of `storage_url`:
+/// `s3://bucket/prefix` and `prefix/a/b` give `s3://bucket/prefix/a/b`.
+fn object_url(storage_url: &str, path: &str) -> String {
+    let (scheme, rest) = storage_url.split_once("://").unwrap_or(("", storage_url));
+    let bucket = rest.split('/').next().unwrap_or_default();
+    format!("{scheme}://{bucket}/{path}")
+}
+
 /// The partition of a part's file name, `p-00003.snap` → 3.
 fn part_partition(file_name: &str) -> Option<i32> {
     file_name
@@ -109,6 +161,15 @@ mod tests {
     use streamjob_worker::storage;
 
     use super::*;
+
+    #[test]
+    fn object_urls_name_the_bucket_and_the_full_path() {
+        assert_eq!(
+            object_url("s3://ckpt/prod", "prod/ns/job/savepoints/e4/manifest.json"),
+            "s3://ckpt/prod/ns/job/savepoints/e4/manifest.json"
+        );
+        assert_eq!(object_url("gs://b", "ns/j/m.json"), "gs://b/ns/j/m.json");
+    }
 
     #[test]
     fn part_names_carry_their_partition() {

@@ -4,7 +4,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::events::EventType;
 use streamjob_api::{
-    CheckpointSummary, JobState, PartitionStatus, Phase, StreamJob, StreamJobStatus,
+    CheckpointSummary, JobState, PartitionStatus, Phase, RescaleStatus, RescaleStep,
+    SavepointStatus, StreamJob, StreamJobStatus,
 };
 use streamjob_worker::plan::Plan;
 
@@ -23,6 +24,10 @@ pub struct StatusInput<'a> {
     pub plan: Option<&'a Plan>,
     /// Why the job cannot run, if it cannot.
     pub blocker: Option<&'a Blocker>,
+    /// The rescale in flight after this reconcile.
+    pub rescale: Option<&'a RescaleStatus>,
+    /// The savepoint history to record.
+    pub savepoints: &'a [SavepointStatus],
     /// Now.
     pub now: jiff::Timestamp,
 }
@@ -83,8 +88,8 @@ pub fn status(input: &StatusInput<'_>) -> StreamJobStatus {
         ],
         assignment: partitions(input),
         last_checkpoint: last_checkpoint(input.observed),
-        savepoints: previous.savepoints,
-        rescale: previous.rescale,
+        savepoints: input.savepoints.to_vec(),
+        rescale: input.rescale.cloned(),
     }
 }
 
@@ -130,6 +135,7 @@ pub fn transitions(
     if let (None, Some(ready)) = (holds(before, "Ready"), holds(after, "Ready")) {
         events.push(normal(&ready.reason, ready.message.clone()));
     }
+    events.extend(rescale_transitions(before, after));
     if before.phase == Some(Phase::Suspended) && after.phase != Some(Phase::Suspended) {
         events.push(normal(
             "Resumed",
@@ -137,6 +143,86 @@ pub fn transitions(
         ));
     }
     events
+}
+
+/// The events of a rescale: started, savepoint completed or incomplete, finished.
+fn rescale_transitions(before: &StreamJobStatus, after: &StreamJobStatus) -> Vec<Transition> {
+    let event = |type_, reason: &str, note: String| Transition {
+        type_,
+        reason: reason.to_owned(),
+        note,
+    };
+    let mut events = Vec::new();
+    match (&before.rescale, &after.rescale) {
+        (None, Some(rescale)) => events.push(event(
+            EventType::Normal,
+            "RescaleStarted",
+            format!(
+                "parallelism {} → {}: epoch {} hands partitions over through savepoint {}",
+                rescale.from, rescale.to, rescale.epoch, rescale.savepoint
+            ),
+        )),
+        (Some(rescale), None) => {
+            let finished = after.epoch.is_some_and(|e| e >= rescale.epoch);
+            events.push(if finished {
+                event(
+                    EventType::Normal,
+                    "Rescaled",
+                    format!(
+                        "parallelism {} → {} done in epoch {}",
+                        rescale.from,
+                        rescale.to,
+                        after.epoch.unwrap_or_default()
+                    ),
+                )
+            } else {
+                event(
+                    EventType::Normal,
+                    "RescaleAbandoned",
+                    format!(
+                        "parallelism {} → {} abandoned before any partition moved: the spec \
+                         asks for another count",
+                        rescale.from, rescale.to
+                    ),
+                )
+            });
+        }
+        _ => {}
+    }
+    if let Some(rescale) = &after.rescale {
+        let fell_back = before
+            .rescale
+            .as_ref()
+            .is_none_or(|b| b.fallback.is_empty());
+        if fell_back && !rescale.fallback.is_empty() {
+            events.push(event(
+                EventType::Warning,
+                "SavepointIncomplete",
+                fallback_message(rescale),
+            ));
+        }
+    }
+    for savepoint in &after.savepoints {
+        if !before.savepoints.iter().any(|s| s.name == savepoint.name) {
+            events.push(event(
+                EventType::Normal,
+                "SavepointCompleted",
+                format!(
+                    "savepoint {} ({}, epoch {}) written to {}",
+                    savepoint.name, savepoint.reason, savepoint.epoch, savepoint.url
+                ),
+            ));
+        }
+    }
+    events
+}
+
+fn fallback_message(rescale: &RescaleStatus) -> String {
+    format!(
+        "savepoint {} lacks the parts of partitions {:?}: they restore from their newest \
+         checkpoints and replay from there (nothing is lost, some results are emitted again)",
+        rescale.savepoint, rescale.fallback
+    )
 }
 
 /// `n thing` or `n things`.
@@ -218,6 +304,16 @@ fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, 
         };
     }
 
+    if let Some(rescale) = input.rescale {
+        let (reason, message) = rescale_progress(rescale, input);
+        return (
+            Phase::Rescaling,
+            Verdict::new(false, reason, message.clone()),
+            Verdict::new(true, reason, message),
+            not_stalled(),
+        );
+    }
+
     let partitions = input.observed.topic.as_ref().map_or(0, |t| t.partitions);
     let wanted = usize::try_from(replicas(input.job, partitions)).unwrap_or(0);
     let owners = input
@@ -290,6 +386,64 @@ fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, 
     }
 }
 
+/// Reason and message of the Ready and Reconciling conditions during a rescale.
+fn rescale_progress(rescale: &RescaleStatus, input: &StatusInput<'_>) -> (&'static str, String) {
+    let head = format!("rescaling {} → {}", rescale.from, rescale.to);
+    let pods = &input.observed.pods;
+    match rescale.step {
+        RescaleStep::ScalingUp => {
+            let live = pods
+                .iter()
+                .filter(|p| p.lifecycle == PodLifecycle::Live)
+                .count();
+            (
+                "ScalingUp",
+                format!("{head}: {live} of {} workers exist", rescale.to),
+            )
+        }
+        RescaleStep::Savepointing => {
+            let partitions = input.observed.topic.as_ref().map_or(0, |t| t.partitions);
+            (
+                "Savepointing",
+                format!(
+                    "{head}: savepoint {} has {} of {partitions} parts",
+                    rescale.savepoint,
+                    input.observed.parts.len()
+                ),
+            )
+        }
+        RescaleStep::HandingOver if !rescale.fallback.is_empty() => (
+            "SavepointIncomplete",
+            format!("{head}: {}", fallback_message(rescale)),
+        ),
+        RescaleStep::HandingOver => {
+            let moving = input.plan.map_or(0, |p| p.restore.len());
+            (
+                "HandingOver",
+                format!(
+                    "{head}: new owners restore {} from savepoint {}",
+                    count_of(moving, "moved partition"),
+                    rescale.savepoint
+                ),
+            )
+        }
+        RescaleStep::ScalingDown => {
+            let leaving = pods
+                .iter()
+                .filter(|p| p.lifecycle != PodLifecycle::Finished)
+                .count()
+                .saturating_sub(usize::try_from(rescale.to).unwrap_or(0));
+            (
+                "ScalingDown",
+                format!(
+                    "{head}: removing {} left without partitions",
+                    count_of(leaving, "worker")
+                ),
+            )
+        }
+    }
+}
+
 fn partitions(input: &StatusInput<'_>) -> Vec<PartitionStatus> {
     let Ok(topic) = &input.observed.topic else {
         return input
@@ -356,6 +510,8 @@ mod tests {
                 end_offsets: BTreeMap::from([(0, 10), (1, 4)]),
             }),
             checkpoints: BTreeMap::new(),
+            storage: None,
+            parts: BTreeMap::new(),
         }
     }
 
@@ -385,6 +541,8 @@ mod tests {
             observed: &observed,
             plan: Some(&plan),
             blocker: None,
+            rescale: None,
+            savepoints: &[],
             now: now(),
         });
         assert_eq!(status.phase, Some(Phase::Running));
@@ -419,6 +577,8 @@ mod tests {
             observed: &observed,
             plan: Some(&plan),
             blocker: None,
+            rescale: None,
+            savepoints: &[],
             now: now(),
         });
         let ready = condition(&status, "Ready");
@@ -442,6 +602,8 @@ mod tests {
             observed: &observed,
             plan: Some(&plan),
             blocker: None,
+            rescale: None,
+            savepoints: &[],
             now: now(),
         });
         assert_eq!(status.phase, Some(Phase::Pending));
@@ -462,6 +624,8 @@ mod tests {
             observed: &observed,
             plan: None,
             blocker: Some(&blocker),
+            rescale: None,
+            savepoints: &[],
             now: now(),
         });
         assert_eq!(status.phase, Some(Phase::Failed));
@@ -485,6 +649,8 @@ mod tests {
             observed: &stopping,
             plan: None,
             blocker: None,
+            rescale: None,
+            savepoints: &[],
             now: now(),
         });
         assert_eq!(
@@ -497,6 +663,8 @@ mod tests {
             observed: &stopped,
             plan: None,
             blocker: None,
+            rescale: None,
+            savepoints: &[],
             now: now(),
         });
         assert_eq!(status_stopped.phase, Some(Phase::Suspended));
@@ -514,6 +682,8 @@ mod tests {
                 observed: &observed,
                 plan: Some(&plan),
                 blocker: None,
+                rescale: None,
+                savepoints: &[],
                 now,
             })
         };
