@@ -7,18 +7,24 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Pod},
+    apimachinery::pkg::apis::meta::v1::Condition,
+};
 use kube::{Api, Client, api::ListParams};
+use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use serde_json::{Value, json};
 use streamjob_operator::api::StreamJob;
+use streamjob_worker::plan::Plan;
 
 use crate::{
     TempNamespace, ensure_crd, kube_client,
     pod_runner::harness::PodRunner,
+    reference::Event,
     run_ok,
     scenario::Scenario,
     temp_namespace, terminate_child, wait_for,
-    worker::{free_port, http_get, metric_value, worker_bin},
+    worker::{free_port, http_get, metric_value, produce, worker_bin},
     workspace_bin,
 };
 
@@ -155,7 +161,12 @@ pub fn job_manifest(scenario: &Scenario, namespace: &str, parallelism: i32) -> V
 
 /// `kubectl apply`s `manifest` (as a user would), saved next to the scenario's logs.
 pub fn kubectl_apply(scenario: &Scenario, manifest: &Value) {
-    let path = scenario.dir.join("applied.yaml");
+    kubectl_apply_in(&scenario.dir, manifest);
+}
+
+/// `kubectl apply`s `manifest`, saved as `applied.yaml` in `dir`.
+pub fn kubectl_apply_in(dir: &Path, manifest: &Value) {
+    let path = dir.join("applied.yaml");
     std::fs::write(&path, serde_yaml::to_string(manifest).expect("YAML")).expect("write");
     run_ok(
         "kubectl",
@@ -270,7 +281,76 @@ pub async fn worker_process(client: &Client, namespace: &str, job: &str) -> (Str
     (pod.metadata.name.unwrap_or_default(), pid)
 }
 
+/// The worker pods of `job` by name, with their IPs.
+pub async fn worker_ips(
+    client: &Client,
+    namespace: &str,
+    job: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("streamjob.dev/job={job}"));
+    pods.list(&params)
+        .await
+        .expect("the job's pods can be listed")
+        .items
+        .into_iter()
+        .filter_map(|pod| Some((pod.metadata.name?, pod.status?.pod_ip?)))
+        .collect()
+}
+
 /// Sends `signal` to process `pid`.
 pub fn signal_process(pid: i32, signal: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("the process exists");
+}
+
+/// The plan in a plan ConfigMap.
+pub fn plan_of(cm: &ConfigMap) -> Plan {
+    let data = cm.data.as_ref().expect("the plan ConfigMap has data");
+    serde_yaml::from_str(&data["plan.yaml"]).expect("the plan parses")
+}
+
+/// The plan the operator published for `job`.
+pub async fn published_plan(client: &Client, namespace: &str, job: &str) -> Plan {
+    let plans: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let cm = plans
+        .get(&format!("{job}-plan"))
+        .await
+        .expect("the plan ConfigMap exists");
+    plan_of(&cm)
+}
+
+/// The job's condition `type_`.
+pub fn condition(job: &StreamJob, type_: &str) -> Condition {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .unwrap_or_else(|| panic!("the job has a {type_} condition"))
+        .clone()
+}
+
+/// Produces the first half of `events` and waits until results come out; returns the rest.
+pub async fn produce_first_half<'a>(
+    scenario: &Scenario,
+    producer: &ThreadedProducer<DefaultProducerContext>,
+    events: &'a [Event],
+) -> &'a [Event] {
+    let (first, rest) = events.split_at(events.len() / 2);
+    produce(producer, &scenario.input, first);
+    wait_for("some results", Duration::from_secs(60), || async {
+        (!scenario.output_results().is_empty()).then_some(())
+    })
+    .await;
+    rest
+}
+
+impl OperatorFixture {
+    /// Applies the scenario's job with `parallelism` workers and waits until it is ready.
+    pub async fn run_job(&self, parallelism: i32) -> StreamJob {
+        kubectl_apply(
+            &self.scenario,
+            &job_manifest(&self.scenario, self.ns(), parallelism),
+        );
+        let ready = Duration::from_secs(120);
+        wait_for_condition(self.ns(), &self.scenario.name, "Ready", "True", ready).await
+    }
 }

@@ -166,7 +166,8 @@ spec:
     }
 }
 
-fn parse_result(record: &Consumed) -> WindowResult {
+/// A window result record of the test job's output.
+pub fn parse_result(record: &Consumed) -> WindowResult {
     let v: serde_json::Value = serde_json::from_str(&record.value)
         .unwrap_or_else(|e| panic!("output record is not JSON ({e}): {}", record.value));
     assert_eq!(

@@ -15,44 +15,23 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams},
 };
-use rdkafka::producer::{DefaultProducerContext, ThreadedProducer};
 use serde_json::json;
 use streamjob_operator::api::{JobState, Phase};
 use streamjob_tests::{
     ensure_crd, kube_client,
     operator::{
-        Operator, OperatorFixture, create_s3_secret, get_job, job_manifest, kubectl_apply,
-        signal_process, wait_for_condition, worker_process,
+        Operator, OperatorFixture, condition, create_s3_secret, get_job, job_manifest,
+        kubectl_apply, plan_of, produce_first_half, signal_process, wait_for_condition,
+        worker_process,
     },
-    reference::Event,
     run, run_ok,
     scenario::{Scenario, assert_only_reference_emissions, expected, generate},
     temp_namespace, wait_for,
     worker::{http_get_from, metric_value, produce, producer},
 };
-use streamjob_worker::plan::Plan;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const RESULTS_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn plan_of(cm: &ConfigMap) -> Plan {
-    serde_yaml::from_str(&cm.data.as_ref().unwrap()["plan.yaml"]).unwrap()
-}
-
-/// Produces the first half of `events` and waits until results come out; returns the rest.
-async fn produce_first_half<'a>(
-    scenario: &Scenario,
-    producer: &ThreadedProducer<DefaultProducerContext>,
-    events: &'a [Event],
-) -> &'a [Event] {
-    let (first, rest) = events.split_at(events.len() / 2);
-    produce(producer, &scenario.input, first);
-    wait_for("some results", Duration::from_secs(60), || async {
-        (!scenario.output_results().is_empty()).then_some(())
-    })
-    .await;
-    rest
-}
 
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
@@ -275,15 +254,7 @@ async fn an_invalid_pipeline_stalls_while_the_running_workers_keep_going() {
     manifest["spec"]["pipeline"][0]["filter"] = json!(".type == ");
     kubectl_apply(scenario, &manifest);
     let stalled = wait_for_condition(n, name, "Stalled", "True", Duration::from_secs(60)).await;
-    let condition = stalled
-        .status
-        .as_ref()
-        .unwrap()
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap()
-        .clone();
+    let condition = condition(&stalled, "Stalled");
     assert_eq!(condition.reason, "InvalidPipeline");
     assert!(
         condition.message.starts_with("spec.pipeline[0] (clicks): "),

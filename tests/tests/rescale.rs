@@ -14,7 +14,7 @@ use std::{
 };
 
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Pod};
+use k8s_openapi::api::core::v1::Event as KubeEvent;
 use kube::{
     Api, Client,
     api::ListParams,
@@ -24,8 +24,8 @@ use object_store::ObjectStoreExt as _;
 use streamjob_operator::api::{RescaleStep, StreamJob};
 use streamjob_tests::{
     operator::{
-        OperatorFixture, get_job, job_manifest, kubectl_apply, signal_process, wait_for_condition,
-        worker_process,
+        OperatorFixture, get_job, job_manifest, kubectl_apply, produce_first_half, published_plan,
+        signal_process, worker_ips, worker_process,
     },
     reference::Event,
     run_ok,
@@ -35,7 +35,6 @@ use streamjob_tests::{
 };
 use streamjob_worker::plan::Plan;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const RESCALE_TIMEOUT: Duration = Duration::from_secs(180);
 const RESULTS_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -71,15 +70,6 @@ impl Stream {
         self.hurry.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
     }
-}
-
-fn plan_of(cm: &ConfigMap) -> Plan {
-    serde_yaml::from_str(&cm.data.as_ref().unwrap()["plan.yaml"]).unwrap()
-}
-
-async fn published_plan(client: &Client, namespace: &str, job: &str) -> Plan {
-    let plans: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-    plan_of(&plans.get(&format!("{job}-plan")).await.unwrap())
 }
 
 /// `kubectl scale` through the StreamJob's scale subresource, as an autoscaler would.
@@ -130,19 +120,6 @@ fn epoch_of(job: &StreamJob) -> i64 {
     job.status.as_ref().and_then(|s| s.epoch).unwrap()
 }
 
-/// Worker pods of `job` by name, with their IPs.
-async fn worker_ips(client: &Client, namespace: &str, job: &str) -> BTreeMap<String, String> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().labels(&format!("streamjob.dev/job={job}"));
-    pods.list(&params)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|pod| Some((pod.metadata.name?, pod.status?.pod_ip?)))
-        .collect()
-}
-
 fn worker_metric(ip: &str, series: &str) -> Option<f64> {
     metric_value(&http_get_from(ip, 9090, "/metrics")?, series)
 }
@@ -179,11 +156,9 @@ struct Sample {
 #[tokio::test(flavor = "multi_thread")]
 async fn rescaling_2_4_1_3_under_a_continuous_stream_loses_nothing() {
     let f = OperatorFixture::start("rs-seq").await;
-    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
-    let n = n.as_str();
+    let job = f.run_job(2).await;
+    let (client, n, scenario) = (f.client.clone(), f.ns(), &f.scenario);
     let name = scenario.name.as_str();
-    kubectl_apply(scenario, &job_manifest(scenario, n, 2));
-    let job = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
     let mut epoch = epoch_of(&job);
 
     let events = generate(41, 2500);
@@ -306,11 +281,10 @@ async fn kill_operator_at(f: &mut OperatorFixture, steps: &[RescaleStep]) {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_operator_killed_at_each_rescale_step_resumes_the_rescale() {
     let mut f = OperatorFixture::start("rs-kill").await;
+    let job = f.run_job(2).await;
     let (client, n) = (f.client.clone(), f.ns().to_owned());
     let n = n.as_str();
     let name = f.scenario.name.clone();
-    kubectl_apply(&f.scenario, &job_manifest(&f.scenario, n, 2));
-    let job = wait_for_condition(n, &name, "Ready", "True", READY_TIMEOUT).await;
     let epoch = epoch_of(&job);
 
     let events = generate(43, 1500);
@@ -352,21 +326,15 @@ async fn an_operator_killed_at_each_rescale_step_resumes_the_rescale() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_killed_during_the_savepoint_falls_back_to_its_checkpoints_without_loss() {
     let f = OperatorFixture::start_with("rs-fallback", &["--savepoint-timeout=15s"]).await;
-    let (client, n, scenario) = (f.client.clone(), f.ns().to_owned(), &f.scenario);
-    let n = n.as_str();
+    let job = f.run_job(2).await;
+    let (client, n, scenario) = (f.client.clone(), f.ns(), &f.scenario);
     let name = scenario.name.as_str();
-    kubectl_apply(scenario, &job_manifest(scenario, n, 2));
-    let job = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
     let epoch = epoch_of(&job);
 
     let events = generate(47, 600);
     let reference = expected(&events);
-    let (first, rest) = events.split_at(events.len() / 2);
-    produce(&producer(&scenario.bootstrap), &scenario.input, first);
-    wait_for("first results", RESULTS_TIMEOUT, || async {
-        (!scenario.output_results().is_empty()).then_some(())
-    })
-    .await;
+    let producer = producer(&scenario.bootstrap);
+    let rest = produce_first_half(scenario, &producer, &events).await;
 
     // Freeze one worker so it cannot write its parts, order 2 → 3, and kill it while the
     // operator waits for the savepoint.
@@ -381,7 +349,7 @@ async fn a_worker_killed_during_the_savepoint_falls_back_to_its_checkpoints_with
     })
     .await;
     signal_process(pid, nix::sys::signal::Signal::SIGKILL);
-    produce(&producer(&scenario.bootstrap), &scenario.input, rest);
+    produce(&producer, &scenario.input, rest);
 
     let job = await_rescaled(&client, n, name, 3, epoch).await;
     let status = job.status.as_ref().unwrap();

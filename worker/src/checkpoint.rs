@@ -53,6 +53,16 @@ pub enum CheckpointError {
         /// Why.
         source: snapshot::SnapshotError,
     },
+    /// A savepoint part named for one partition holds another.
+    #[error("savepoint part {path} holds partition {found}, not {partition}")]
+    WrongPartition {
+        /// Object path.
+        path: String,
+        /// The partition in its header.
+        found: i32,
+        /// The partition it was read for.
+        partition: i32,
+    },
     /// The state could not be encoded.
     #[error("failed to encode the snapshot of partition {partition}: {source}")]
     Encode {
@@ -201,8 +211,13 @@ impl CheckpointStore {
         savepoint: &str,
         partition: i32,
     ) -> Result<Restored, CheckpointError> {
-        let path = self.paths.savepoint_part(savepoint, partition);
-        let bytes = self.read(&path).await?;
+        self.read_part_at(&self.paths.savepoint_part(savepoint, partition))
+            .await
+    }
+
+    /// Reads the savepoint part at `path` (another job's, say).
+    pub async fn read_part_at(&self, path: &Path) -> Result<Restored, CheckpointError> {
+        let bytes = self.read(path).await?;
         let (header, state) =
             snapshot::decode(&bytes).map_err(|source| CheckpointError::InvalidPart {
                 path: path.to_string(),

@@ -28,16 +28,29 @@ pub enum RestoreSource {
     /// The partition's newest valid checkpoint (the default).
     #[default]
     Latest,
-    /// The partition's part of the named savepoint.
+    /// The partition's part of the named savepoint of this job.
     Savepoint(String),
+    /// A savepoint part at an object path of the job's store (another job's savepoint, named
+    /// by `restoreFrom`).
+    Part {
+        /// The savepoint's id.
+        savepoint: String,
+        /// Object path of the part.
+        path: String,
+    },
 }
 
-/// A plan's restore instruction for one partition: `{savepoint: ID}`.
+/// A plan's restore instruction for one partition: `{savepoint: ID}`, or
+/// `{savepoint: ID, part: PATH}` for a part outside the job's own savepoints.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PartitionRestore {
     /// Savepoint whose part of the partition to restore.
     pub savepoint: String,
+    /// Object path of the part in the job's checkpoint store, when it is not the job's own
+    /// savepoint (`restoreFrom`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
 }
 
 /// A plan's order to snapshot every running partition into a savepoint when moving to the
@@ -152,6 +165,13 @@ impl Plan {
     /// What `partition` restores from.
     pub fn restore_source(&self, partition: i32) -> RestoreSource {
         match self.restore.get(&partition) {
+            Some(PartitionRestore {
+                savepoint,
+                part: Some(path),
+            }) => RestoreSource::Part {
+                savepoint: savepoint.clone(),
+                path: path.clone(),
+            },
             Some(restore) => RestoreSource::Savepoint(restore.savepoint.clone()),
             None => RestoreSource::Latest,
         }

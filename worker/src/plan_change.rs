@@ -102,7 +102,7 @@ pub fn plan_change(current: &Plan, next: &Plan, pod: &str) -> PlanChange {
 
 /// Whether two specs process records the same way (parallelism, image, resources and the
 /// like only matter to the operator).
-fn same_processing(a: &StreamJobSpec, b: &StreamJobSpec) -> bool {
+pub fn same_processing(a: &StreamJobSpec, b: &StreamJobSpec) -> bool {
     a.source == b.source
         && a.pipeline == b.pipeline
         && a.sink == b.sink

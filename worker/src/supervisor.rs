@@ -18,7 +18,7 @@ use tokio::{sync::watch, task::JoinHandle};
 
 use crate::{
     checkpoint::CheckpointStore,
-    engine::{self, EngineContext, EngineError, EngineExit, PlanUpdate, Readiness},
+    engine::{self, EngineContext, EngineError, EngineExit, FinalSavepoint, PlanUpdate, Readiness},
     paths::JobPaths,
     pipeline::{CompileError, Pipeline},
     plan::Plan,
@@ -88,14 +88,17 @@ enum Adoption {
     Nothing,
     /// Hand this update to the running engine.
     Update(PlanUpdate),
-    /// Stop the run; the next one runs the new target.
-    Restart,
+    /// Stop the run, first writing the savepoint `(id, epoch)` if one is ordered; the next
+    /// run runs the new target.
+    Restart(Option<(String, u64)>),
 }
 
 /// One run in progress.
 struct Run {
     task: JoinHandle<Result<EngineExit, EngineError>>,
     stop: Arc<AtomicBool>,
+    /// The savepoint the run writes when it stops, if the next plan orders one.
+    final_savepoint: FinalSavepoint,
     /// Plan updates for the engine; `None` for a run without partitions, or once it stops.
     updates: Option<mpsc::Sender<PlanUpdate>>,
 }
@@ -159,7 +162,13 @@ impl Supervisor {
                                     let _ = updates.send(update);
                                 }
                             }
-                            Adoption::Restart => {
+                            Adoption::Restart(savepoint) => {
+                                if let Some(savepoint) = savepoint {
+                                    *run
+                                        .final_savepoint
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner()) = Some(savepoint);
+                                }
                                 run.updates = None;
                                 run.stop.store(true, Ordering::Release);
                             }
@@ -212,10 +221,12 @@ impl Supervisor {
             return Run {
                 task,
                 stop,
+                final_savepoint: FinalSavepoint::default(),
                 updates: None,
             };
         }
         let (updates, updates_rx) = mpsc::channel();
+        let final_savepoint = FinalSavepoint::default();
         let task = tokio::spawn(engine::run(EngineContext {
             plan: prepared.plan.clone(),
             pod: self.pod.clone(),
@@ -224,12 +235,14 @@ impl Supervisor {
             kafka_props: self.kafka_props.clone(),
             readiness: self.readiness.clone(),
             stop: stop.clone(),
+            final_savepoint: final_savepoint.clone(),
             updates: updates_rx,
             shutdown_deadline: self.shutdown_deadline,
         }));
         Run {
             task,
             stop,
+            final_savepoint,
             updates: Some(updates),
         }
     }
@@ -269,8 +282,15 @@ impl Supervisor {
                             %reason,
                             "new plan; stopping the current run after a final checkpoint"
                         );
+                        // The stopping run writes the savepoint the next epoch orders, so
+                        // that the new run can restore from it.
+                        let savepoint = plan
+                            .savepoint
+                            .as_ref()
+                            .filter(|_| plan.epoch > target.plan.epoch)
+                            .map(|order| (order.id.clone(), plan.epoch));
                         *target = prepared;
-                        Adoption::Restart
+                        Adoption::Restart(savepoint)
                     }
                     Err(error) => {
                         reject(&plan, &error);

@@ -3,8 +3,8 @@
 use kube::api::ObjectMeta;
 
 use crate::{
-    CheckpointSpec, JobState, KafkaSink, KafkaSource, PipelineStep, Sink, Source, StartPosition,
-    StreamJob, StreamJobSpec,
+    CheckpointSpec, JobState, KafkaSink, KafkaSource, PipelineStep, SavepointsSpec, Sink, Source,
+    StartPosition, StreamJob, StreamJobSpec, UpgradeSpec,
 };
 
 impl StreamJob {
@@ -35,6 +35,8 @@ impl StreamJob {
             dead_letter: None,
             state: JobState::Running,
             restore_from: None,
+            savepoints: SavepointsSpec::default(),
+            upgrade: UpgradeSpec::default(),
             resources: None,
         };
         let mut job = StreamJob::new(name, spec);

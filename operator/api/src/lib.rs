@@ -9,10 +9,13 @@ mod pipeline;
 mod spec;
 mod status;
 
-pub use pipeline::{Aggregate, AggregateFunction, PipelineStep, StepKind, WindowStep};
+pub use pipeline::{
+    Aggregate, AggregateFunction, PipelineStep, StepKind, WindowStep, state_layout,
+};
 pub use spec::{
-    CheckpointSpec, DeadLetterSpec, JobState, KafkaSink, KafkaSource, SecretReference, Sink,
-    Source, StartPosition, StreamJob, StreamJobSpec,
+    CheckpointSpec, DeadLetterSpec, IncompatibleState, JobState, KafkaSink, KafkaSource,
+    SavepointsSpec, SecretReference, Sink, Source, StartPosition, StreamJob, StreamJobSpec,
+    UpgradeSpec,
 };
 pub use status::{
     CheckpointSummary, PartitionStatus, Phase, RescaleStatus, RescaleStep, SavepointStatus,

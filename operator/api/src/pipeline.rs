@@ -151,3 +151,32 @@ pub enum AggregateFunction {
     /// Mean of `of`.
     Avg,
 }
+
+/// What the saved state of `steps` looks like: per window step, its size, slide, time
+/// domain and aggregates. Two pipelines with the same layout read each other's window state
+/// (filters, maps, keys, timestamps and lateness may differ); different layouts do not.
+pub fn state_layout(steps: &[PipelineStep]) -> String {
+    steps
+        .iter()
+        .filter_map(|step| step.window.as_ref())
+        .map(|window| {
+            let aggregates: Vec<String> = window
+                .aggregates
+                .iter()
+                .map(|a| format!("{}:{:?}", a.name, a.function))
+                .collect();
+            format!(
+                "{:?}/{:?}/{}/{}",
+                std::time::Duration::from(window.size),
+                window.slide.map(std::time::Duration::from),
+                if window.timestamp.is_some() {
+                    "event"
+                } else {
+                    "processing"
+                },
+                aggregates.join(",")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}

@@ -105,6 +105,14 @@ pub struct StreamJobSpec {
     #[schemars(length(max = 2048))]
     pub restore_from: Option<String>,
 
+    /// Savepoints taken on request, and how many are kept.
+    #[serde(default)]
+    pub savepoints: SavepointsSpec,
+
+    /// How a change of the pipeline treats the state the job has built.
+    #[serde(default)]
+    pub upgrade: UpgradeSpec,
+
     /// Compute resources of each worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -272,6 +280,65 @@ pub struct DeadLetterSpec {
     /// Topic receiving failed records unchanged, with headers naming the error and origin.
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub topic: String,
+}
+
+/// Savepoints on request and their retention.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointsSpec {
+    /// Name of a savepoint to take: a coordinated snapshot of every partition, taken while
+    /// the job runs on and listed in `status.savepoints` once complete. Setting a new name
+    /// takes a new savepoint; a name already taken (or tried) is not taken again, so the
+    /// field can stay in a Git-managed manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub request: Option<String>,
+
+    /// Savepoints kept (rescale, upgrade and requested ones together); the oldest beyond
+    /// this count are deleted from storage, except one that `restoreFrom` or a pending
+    /// restore still needs.
+    #[serde(default = "default_savepoints_retained")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retained: i32,
+}
+
+impl Default for SavepointsSpec {
+    fn default() -> Self {
+        Self {
+            request: None,
+            retained: default_savepoints_retained(),
+        }
+    }
+}
+
+fn default_savepoints_retained() -> i32 {
+    5
+}
+
+/// How pipeline changes treat state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// What a pipeline change does when the saved window state no longer fits it (a window
+    /// step added, removed or redefined): `refuse` (the default) stalls the job with
+    /// `IncompatibleStateChange` while the workers go on with the previous pipeline;
+    /// `dropState` starts the new pipeline's windows empty, at the saved offsets.
+    #[serde(default)]
+    pub incompatible_state: IncompatibleState,
+}
+
+/// What to do with state that does not fit a changed pipeline.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum IncompatibleState {
+    /// Refuse the change.
+    #[default]
+    Refuse,
+    /// Drop the window state and keep the offsets.
+    DropState,
 }
 
 /// Whether the job should run.

@@ -48,6 +48,11 @@ pub struct StreamJobStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub savepoints: Vec<SavepointStatus>,
 
+    /// The last `spec.savepoints.request` the operator acted on (taken, or tried and
+    /// failed: see the events), so that it is not taken again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_request: Option<String>,
+
     /// Progress of a rescale in flight; absent when none runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescale: Option<RescaleStatus>,
@@ -119,6 +124,10 @@ pub struct SavepointStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RescaleStatus {
+    /// What the coordinated savepoint is for: `rescale`, `upgrade` (a changed pipeline) or
+    /// `user` (`spec.savepoints.request`).
+    #[serde(default = "default_operation")]
+    pub reason: String,
     /// Parallelism before the rescale.
     pub from: i32,
     /// Parallelism after the rescale.
@@ -139,6 +148,10 @@ pub struct RescaleStatus {
     /// newest checkpoints instead and replayed from its offset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fallback: Vec<i32>,
+}
+
+fn default_operation() -> String {
+    "rescale".to_owned()
 }
 
 /// Steps of the rescale protocol, in order.

@@ -37,7 +37,7 @@ use kube::{
     },
 };
 use serde_json::json;
-use streamjob_api::StreamJob;
+use streamjob_api::{StreamJob, StreamJobSpec};
 use thiserror::Error;
 
 use self::{
@@ -45,7 +45,7 @@ use self::{
     desired::{DesiredError, WorkerDefaults},
     names::{ChildNames, JOB_LABEL, MANAGED_BY_LABEL, MANAGER},
     planning::{PlanInput, next_plan},
-    rescale::{Decision, RescaleInput},
+    rescale::{Decision, Operation, RescaleInput},
     status::{StatusInput, Transition},
 };
 use crate::{kafka::KafkaClients, telemetry::Metrics};
@@ -340,8 +340,23 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
     }
     cleanup::ensure_finalizer(job, ctx).await?;
 
+    // Right after a start the pod cache may not hold its first list yet: planning on it
+    // would take every owner for lost.
+    ctx.pods
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::Cache("the pod cache stopped".to_owned()))?;
     let observed = observe::observe(job, ctx).await?;
-    let spec_blocker = validate::spec_blocker(job);
+    // A pipeline whose window steps cannot take over the running state is a spec that
+    // cannot run (unless the spec allows dropping that state).
+    let spec_blocker = validate::spec_blocker(job)
+        .or_else(|| {
+            observed
+                .plan
+                .as_ref()
+                .and_then(|running| validate::state_blocker(job, &running.spec))
+        })
+        .or_else(|| observed.restore_from.clone().and_then(Result::err));
     let blocker = spec_blocker
         .clone()
         .or_else(|| observed.topic.as_ref().err().cloned());
@@ -376,25 +391,28 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
     let (plan, rescale) = match (runnable, partitions) {
         (Some(runnable), Some(partitions)) => {
             let target = desired::replicas(&runnable, partitions);
-            let decision = rescale_step(job, &observed, target, partitions, now, ctx);
+            let decision =
+                rescale_step(job, &runnable.spec, &observed, target, partitions, now, ctx);
             let (plan, replicas) = match (&decision, &observed.plan) {
                 (Decision::Savepointing { plan, .. } | Decision::FallingBack { plan, .. }, _) => {
                     (plan.clone(), decision.replicas(target))
                 }
+                // Done too: a spec change that waited for the rescale is the next operation.
                 (
                     Decision::ScalingUp(_)
                     | Decision::HandingOver(_)
                     | Decision::ScalingDown { .. }
-                    | Decision::Abandoned,
+                    | Decision::Abandoned
+                    | Decision::Done,
                     Some(published),
                 ) => (published.clone(), decision.replicas(target)),
-                (Decision::Steady | Decision::Deferred { .. } | Decision::Done, _) | (_, None) => {
+                (Decision::Steady | Decision::Deferred { .. }, _) | (_, None) => {
                     let last_epoch = previous
                         .epoch
                         .and_then(|e| u64::try_from(e).ok())
                         .unwrap_or(0)
                         .max(observed.newest_checkpoint_epoch());
-                    let plan = next_plan(&PlanInput {
+                    let mut plan = next_plan(&PlanInput {
                         job: &runnable,
                         namespace: &namespace,
                         previous: observed.plan.as_ref(),
@@ -402,8 +420,18 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                         partitions,
                         pods: &observed.pods,
                     });
+                    if let Some(Ok(manifest)) = &observed.restore_from {
+                        plan.restore = savepoint::restore_entries(manifest, &observed.checkpoints);
+                    }
                     (plan, decision.replicas(target))
                 }
+            };
+            // An operation is recorded in status before its plan is published: a plan
+            // ordering a savepoint that status does not know of would never be verified.
+            let starting = previous.rescale.is_none() && decision.status().is_some();
+            let plan = match (&observed.plan, starting) {
+                (Some(published), true) => published.clone(),
+                _ => plan,
             };
             match &decision {
                 Decision::HandingOver(rescale) => {
@@ -423,6 +451,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 }
                 _ => {}
             }
+            retain_savepoints(job, &observed, &plan, &mut savepoints).await?;
             let owner = job.controller_owner_ref(&()).unwrap_or_default();
             let children =
                 desired::children(&runnable, &namespace, replicas, &plan, owner, &ctx.defaults)?;
@@ -462,6 +491,11 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
         blocker: blocker.as_ref(),
         rescale: rescale.as_ref(),
         savepoints: &savepoints,
+        savepoint_request: rescale
+            .as_ref()
+            .filter(|r| r.reason == Operation::User.name())
+            .map(|r| r.savepoint.as_str())
+            .or(previous.savepoint_request.as_deref()),
         now,
     });
     let old_status = previous;
@@ -500,11 +534,53 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
+/// Keeps `spec.savepoints.retained` savepoints, sparing those a restore still needs: the
+/// published plan's and `restoreFrom`'s.
+async fn retain_savepoints(
+    job: &StreamJob,
+    observed: &observe::Observed,
+    plan: &streamjob_worker::plan::Plan,
+    savepoints: &mut Vec<streamjob_api::SavepointStatus>,
+) -> Result<(), Error> {
+    let retained = usize::try_from(job.spec.savepoints.retained).unwrap_or(1);
+    let Some(storage) = &observed.storage else {
+        return Ok(());
+    };
+    if savepoints.len() <= retained {
+        return Ok(());
+    }
+    let mut protected: std::collections::BTreeSet<&str> = plan
+        .restore
+        .values()
+        .map(|r| r.savepoint.as_str())
+        .collect();
+    if let Some(id) = job
+        .spec
+        .restore_from
+        .as_deref()
+        .and_then(savepoint::id_in_url)
+    {
+        protected.insert(id);
+    }
+    let deleted = savepoint::retain(storage, savepoints, retained, &protected)
+        .await
+        .map_err(|e| Error::Storage(format!("cannot delete old savepoints: {e}")))?;
+    if !deleted.is_empty() {
+        tracing::info!(
+            ?deleted,
+            retained,
+            "deleted savepoints beyond the retention"
+        );
+    }
+    Ok(())
+}
+
 /// The rescale step of this reconcile. Rescales go through a coordinated savepoint, which
 /// the operator verifies in object storage; a job whose storage it cannot see (`file://`)
 /// moves partitions as after a pod loss, through final checkpoints.
 fn rescale_step(
     job: &StreamJob,
+    spec: &StreamJobSpec,
     observed: &observe::Observed,
     target: i32,
     partitions: i32,
@@ -515,10 +591,19 @@ fn rescale_step(
         return Decision::Steady;
     };
     let parts = observed.parts.keys().copied().collect();
+    let status = job.status.as_ref();
+    let request = spec.savepoints.request.as_deref().filter(|name| {
+        status.is_none_or(|s| {
+            s.savepoint_request.as_deref() != Some(*name)
+                && !s.savepoints.iter().any(|taken| taken.name == *name)
+        })
+    });
     rescale::next_step(&RescaleInput {
         target,
-        current: job.status.as_ref().and_then(|s| s.rescale.as_ref()),
+        current: status.and_then(|s| s.rescale.as_ref()),
         plan: published,
+        spec,
+        request,
         pods: &observed.pods,
         partitions,
         parts: &parts,

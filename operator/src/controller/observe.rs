@@ -17,7 +17,7 @@ use super::{
     Blocker, Context, Error,
     names::{ChildNames, JOB_LABEL, PLAN_KEY},
     planning::{PodLifecycle, WorkerPod},
-    savepoint::{self, SavepointPart},
+    savepoint::{self, SavepointManifest, SavepointPart},
 };
 use crate::kafka::{KafkaProblem, TopicInfo};
 
@@ -36,6 +36,9 @@ pub struct Observed {
     pub storage: Option<JobStorage>,
     /// The parts in storage of the savepoint of the rescale in flight, by partition.
     pub parts: BTreeMap<i32, SavepointPart>,
+    /// The savepoint `spec.restoreFrom` names, read while some partition has no checkpoint
+    /// yet (it is what such a partition starts from), or why it cannot be used.
+    pub restore_from: Option<Result<SavepointManifest, Blocker>>,
 }
 
 /// The job's objects in storage.
@@ -175,6 +178,12 @@ pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> 
         _ => BTreeMap::new(),
     };
 
+    let starting = (0..partitions).any(|p| !checkpoints.contains_key(&p));
+    let restore_from = match &job.spec.restore_from {
+        Some(url) if starting => Some(restore_source(job, url, &storage_settings).await),
+        _ => None,
+    };
+
     Ok(Observed {
         pods: worker_pods(&ctx.pods, &namespace, &job.name_any()),
         plan,
@@ -182,7 +191,36 @@ pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> 
         checkpoints,
         storage,
         parts,
+        restore_from,
     })
+}
+
+/// The manifest of the savepoint at `url`, which the workers must be able to read from the
+/// job's checkpoint store.
+async fn restore_source(
+    job: &StreamJob,
+    url: &str,
+    settings: &BTreeMap<String, String>,
+) -> Result<SavepointManifest, Blocker> {
+    let storage = &job.spec.checkpoint.storage;
+    let blocker = |message: String| Blocker::new("InvalidRestoreFrom", message);
+    if savepoint::bucket_of(url) != savepoint::bucket_of(storage) || storage.starts_with("file://")
+    {
+        return Err(blocker(format!(
+            "spec.restoreFrom {url} must lie in the object store of spec.checkpoint.storage \
+             ({}), where the workers read it",
+            savepoint::bucket_of(storage)
+        )));
+    }
+    match savepoint::read_manifest_at(url, settings).await {
+        Ok(Some(manifest)) => Ok(manifest),
+        Ok(None) => Err(blocker(format!(
+            "spec.restoreFrom {url} is no complete savepoint: its manifest.json is missing"
+        ))),
+        Err(error) => Err(blocker(format!(
+            "cannot read spec.restoreFrom {url}: {error}"
+        ))),
+    }
 }
 
 /// The job's pods from the shared pod cache.

@@ -1,4 +1,6 @@
 //! Rescale: the coordinated-savepoint handover of docs/design.md as a state machine (pure).
+//! The same steps serve a stateful upgrade (a changed pipeline: every partition restarts
+//! from the savepoint under the new spec) and a savepoint on request (nothing moves).
 //!
 //! Every reconcile derives the step from what it observed (the job's `status.rescale`, the
 //! published plan, the pods, the savepoint parts in storage), so an operator killed at any
@@ -7,8 +9,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use streamjob_api::{RescaleStatus, RescaleStep};
-use streamjob_worker::plan::{PartitionRestore, Plan, SavepointOrder};
+use streamjob_api::{RescaleStatus, RescaleStep, StreamJobSpec};
+use streamjob_worker::{
+    plan::{PartitionRestore, Plan, SavepointOrder},
+    plan_change::same_processing,
+};
 
 use super::planning::{PodLifecycle, WorkerPod};
 use crate::assignment;
@@ -22,6 +27,11 @@ pub struct RescaleInput<'a> {
     pub current: Option<&'a RescaleStatus>,
     /// The published plan.
     pub plan: &'a Plan,
+    /// The spec to run (a pipeline that cannot run already replaced by the last one that
+    /// could): processing that differs from the published plan's is an upgrade.
+    pub spec: &'a StreamJobSpec,
+    /// A `spec.savepoints.request` not acted on yet.
+    pub request: Option<&'a str>,
     /// The job's worker pods.
     pub pods: &'a [WorkerPod],
     /// Partition count of the source topic.
@@ -114,6 +124,28 @@ impl Decision {
     }
 }
 
+/// What a coordinated savepoint is taken for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// A change of the worker count: partitions move.
+    Rescale,
+    /// A change of processing: every partition restarts from the savepoint.
+    Upgrade,
+    /// A savepoint on request: nothing moves.
+    User,
+}
+
+impl Operation {
+    /// The name recorded in `status.rescale.reason` and in savepoint ids.
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Rescale => "rescale",
+            Operation::Upgrade => "upgrade",
+            Operation::User => "user",
+        }
+    }
+}
+
 /// The savepoint id of the rescale that moves to `epoch`.
 pub fn savepoint_id(epoch: u64) -> String {
     format!("e{epoch}-rescale")
@@ -132,6 +164,7 @@ pub fn next_step(input: &RescaleInput<'_>) -> Decision {
         RescaleStep::ScalingUp if live_count < current.to => Decision::ScalingUp(current.clone()),
         RescaleStep::ScalingUp | RescaleStep::Savepointing => savepointing(input, current),
         RescaleStep::HandingOver => handing_over(input, current),
+        RescaleStep::ScalingDown if owner_lost(input) => Decision::Done,
         RescaleStep::ScalingDown => {
             let remove = idle_pods(input.plan, &live);
             if remove.is_empty() && live_count <= current.to {
@@ -163,9 +196,19 @@ fn start(input: &RescaleInput<'_>, live: usize) -> Decision {
         .iter()
         .all(|owner| input.pods.iter().any(|p| &&p.name == owner && p.serves()));
     let owners = i32::try_from(owners.len()).unwrap_or(i32::MAX);
-    if input.plan.epoch == 0 || owners == 0 || input.target == 0 || owners == input.target {
+    if input.plan.epoch == 0 || owners == 0 || input.target == 0 {
         return Decision::Steady;
     }
+    let epoch = input.plan.epoch + 1;
+    let (operation, savepoint) = if owners != input.target {
+        (Operation::Rescale, savepoint_id(epoch))
+    } else if !same_processing(&input.plan.spec, input.spec) {
+        (Operation::Upgrade, format!("e{epoch}-upgrade"))
+    } else if let Some(name) = input.request {
+        (Operation::User, name.to_owned())
+    } else {
+        return Decision::Steady;
+    };
     if !running {
         return if input.target < owners {
             Decision::Deferred { replicas: owners }
@@ -173,12 +216,12 @@ fn start(input: &RescaleInput<'_>, live: usize) -> Decision {
             Decision::Steady
         };
     }
-    let epoch = input.plan.epoch + 1;
     let status = RescaleStatus {
+        reason: operation.name().to_owned(),
         from: owners,
         to: input.target,
         epoch: i64::try_from(epoch).unwrap_or(i64::MAX),
-        savepoint: savepoint_id(epoch),
+        savepoint,
         step: RescaleStep::ScalingUp,
         started: Time(input.now),
         step_started: Some(Time(input.now)),
@@ -244,23 +287,28 @@ fn next(current: &RescaleStatus, step: RescaleStep, now: jiff::Timestamp) -> Res
     }
 }
 
-fn handing_over(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
-    let owner = |name: &String| input.pods.iter().find(|p| &p.name == name);
-    let mut owners = input
+/// The pods that own partitions in the published plan (`None` for one that is gone).
+fn owners<'a>(input: &'a RescaleInput<'_>) -> impl Iterator<Item = Option<&'a WorkerPod>> {
+    input
         .plan
         .assignment
         .iter()
         .filter(|(_, held)| !held.is_empty())
-        .map(|(pod, _)| owner(pod));
-    // An owner that went away (deleted, failed) ends the rescale here: the planner moves
-    // its partitions to the pods that exist, from their checkpoints, as after any pod loss.
-    let lost = owners
-        .clone()
-        .any(|pod| pod.is_none_or(|p| p.lifecycle != PodLifecycle::Live));
-    if lost {
+        .map(|(name, _)| input.pods.iter().find(|p| &p.name == name))
+}
+
+/// Whether an owner went away (deleted, failed): that ends the rescale, and the planner
+/// moves its partitions to the pods that exist, from their checkpoints, as after any pod
+/// loss.
+fn owner_lost(input: &RescaleInput<'_>) -> bool {
+    owners(input).any(|pod| pod.is_none_or(|p| p.lifecycle != PodLifecycle::Live))
+}
+
+fn handing_over(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
+    if owner_lost(input) {
         return Decision::Done;
     }
-    if !owners.all(|pod| pod.is_some_and(WorkerPod::serves)) {
+    if !owners(input).all(|pod| pod.is_some_and(WorkerPod::serves)) {
         return Decision::HandingOver(current.clone());
     }
     if current.to < current.from {
@@ -279,25 +327,36 @@ fn live_pods(pods: &[WorkerPod]) -> Vec<&WorkerPod> {
 }
 
 /// The plan of the handover epoch: a sticky assignment over the pods that stay, a
-/// savepoint order, and a savepoint restore for every partition that changes owner.
+/// savepoint order, and a savepoint restore for every partition that changes owner. An
+/// upgrade runs the new spec, and every partition restores from the savepoint.
 fn handover_plan(input: &RescaleInput<'_>, current: &RescaleStatus) -> Plan {
     let staying = staying_pods(input, usize::try_from(current.to).unwrap_or(0));
     let assignment = assignment::assign(input.partitions, &staying, &input.plan.assignment);
-    let restore: BTreeMap<i32, PartitionRestore> =
+    let upgrade = current.reason == Operation::Upgrade.name();
+    let restoring = if upgrade {
+        (0..input.partitions).collect()
+    } else {
         assignment::moved(&input.plan.assignment, &assignment)
-            .into_iter()
-            .filter(|p| (0..input.partitions).contains(p))
-            .map(|p| {
-                let restore = PartitionRestore {
-                    savepoint: current.savepoint.clone(),
-                };
-                (p, restore)
-            })
-            .collect();
+    };
+    let restore: BTreeMap<i32, PartitionRestore> = restoring
+        .into_iter()
+        .filter(|p| (0..input.partitions).contains(p))
+        .map(|p| {
+            let restore = PartitionRestore {
+                savepoint: current.savepoint.clone(),
+                part: None,
+            };
+            (p, restore)
+        })
+        .collect();
     Plan {
         job: input.plan.job.clone(),
         epoch: u64::try_from(current.epoch).unwrap_or(0),
-        spec: input.plan.spec.clone(),
+        spec: if upgrade {
+            input.spec.clone()
+        } else {
+            input.plan.spec.clone()
+        },
         assignment: assignment
             .into_iter()
             .filter(|(_, held)| !held.is_empty())
@@ -369,6 +428,8 @@ mod tests {
                 target: self.target,
                 current: self.current.as_ref(),
                 plan: &self.plan,
+                spec: &self.plan.spec,
+                request: None,
                 pods: &self.pods,
                 partitions: 4,
                 parts: &self.parts,
@@ -462,6 +523,7 @@ mod tests {
         let mut handover = two_workers();
         handover.epoch = 4;
         let status = RescaleStatus {
+            reason: "rescale".into(),
             from: 2,
             to: 4,
             epoch: 4,
@@ -504,10 +566,12 @@ mod tests {
                 p,
                 PartitionRestore {
                     savepoint: "e4-rescale".into(),
+                    part: None,
                 },
             );
         }
         let status = RescaleStatus {
+            reason: "rescale".into(),
             from: 2,
             to: 4,
             epoch: 4,
@@ -603,9 +667,18 @@ mod tests {
             ..handing_over
         };
         assert_eq!(gone.step(), Decision::Done);
+
+        // Had the owner gone instead, the rescale would end for the planner to move its
+        // partitions, rather than wait for ever.
+        let owner_gone = Case {
+            pods: live(&leaving.iter().map(String::as_str).collect::<Vec<_>>()),
+            ..gone
+        };
+        assert_eq!(owner_gone.step(), Decision::Done);
     }
     fn in_flight(step: RescaleStep, epoch: i64) -> RescaleStatus {
         RescaleStatus {
+            reason: "rescale".into(),
             from: 2,
             to: 4,
             epoch,

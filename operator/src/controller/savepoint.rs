@@ -1,16 +1,16 @@
 //! Savepoints in storage: which parts the workers have written, and the manifest that makes
 //! a savepoint exist (reads and one create-if-absent write).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::TryStreamExt as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use object_store::{ObjectStoreExt as _, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use streamjob_api::{RescaleStatus, SavepointStatus, StreamJobSpec};
-use streamjob_worker::{paths::JobPaths, storage::Storage};
+use streamjob_worker::{paths::JobPaths, plan::PartitionRestore, storage::Storage};
 
-use super::observe::Observed;
+use super::observe::{JobStorage, Observed};
 
 /// One partition's part of a savepoint, as found in storage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +118,7 @@ pub async fn complete(
     let manifest = SavepointManifest {
         id: rescale.savepoint.clone(),
         epoch: u64::try_from(rescale.epoch).unwrap_or(0),
-        reason: "rescale".into(),
+        reason: rescale.reason.clone(),
         created: now,
         parts: observed
             .parts
@@ -136,6 +136,99 @@ pub async fn complete(
         time: Time(now),
         reason: manifest.reason,
     }))
+}
+
+/// Deletes the oldest savepoints of `history` (oldest first) beyond `retained`, except the
+/// `protected` ones (a pending restore or `restoreFrom` needs them): the manifest first, so
+/// a savepoint stops existing before its parts go. Returns the ids deleted.
+pub async fn retain(
+    storage: &JobStorage,
+    history: &mut Vec<SavepointStatus>,
+    retained: usize,
+    protected: &BTreeSet<&str>,
+) -> Result<Vec<String>, object_store::Error> {
+    let mut excess = history.len().saturating_sub(retained);
+    let mut doomed = Vec::new();
+    for savepoint in history.iter() {
+        if excess == 0 {
+            break;
+        }
+        if !protected.contains(savepoint.name.as_str()) {
+            doomed.push(savepoint.name.clone());
+            excess -= 1;
+        }
+    }
+    for id in &doomed {
+        let store = &storage.storage.store;
+        match store.delete(&storage.paths.savepoint_manifest(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(error) => return Err(error),
+        }
+        let dir = storage.paths.savepoint_dir(id);
+        let parts: Vec<_> = store.list(Some(&dir)).try_collect().await?;
+        for part in parts {
+            match store.delete(&part.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        history.retain(|s| &s.name != id);
+    }
+    Ok(doomed)
+}
+
+/// The manifest of the savepoint at `url` (its directory or its `manifest.json`), read
+/// with the job's storage `settings`; `Ok(None)` when there is none (an incomplete or
+/// deleted savepoint).
+pub async fn read_manifest_at(
+    url: &str,
+    settings: &BTreeMap<String, String>,
+) -> Result<Option<SavepointManifest>, String> {
+    let dir = url.trim_end_matches('/').trim_end_matches("/manifest.json");
+    let storage = streamjob_worker::storage::open_with(dir, settings).map_err(|e| e.to_string())?;
+    let path = storage.prefix.clone().join("manifest.json");
+    let bytes = match storage.store.get(&path).await {
+        Ok(found) => found.bytes().await.map_err(|e| e.to_string())?,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(error) => return Err(error.to_string()),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("the manifest {url} does not parse: {e}"))
+}
+
+/// Restore entries from the parts of `manifest` (another job's savepoint, say) for every
+/// partition without a checkpoint of its own.
+pub fn restore_entries<V>(
+    manifest: &SavepointManifest,
+    checkpoints: &BTreeMap<i32, V>,
+) -> BTreeMap<i32, PartitionRestore> {
+    manifest
+        .parts
+        .iter()
+        .filter(|(partition, _)| !checkpoints.contains_key(partition))
+        .map(|(partition, part)| {
+            let restore = PartitionRestore {
+                savepoint: manifest.id.clone(),
+                part: Some(part.path.clone()),
+            };
+            (*partition, restore)
+        })
+        .collect()
+}
+
+/// `scheme://bucket` of a storage URL.
+pub fn bucket_of(url: &str) -> &str {
+    let end = url.find("://").map_or(url.len(), |i| {
+        url[i + 3..].find('/').map_or(url.len(), |j| i + 3 + j)
+    });
+    &url[..end]
+}
+
+/// The savepoint id a `restoreFrom` URL names: the path segment after `savepoints/`.
+pub fn id_in_url(url: &str) -> Option<&str> {
+    let (_, rest) = url.rsplit_once("/savepoints/")?;
+    rest.split('/').next().filter(|id| !id.is_empty())
 }
 
 /// The URL of the object at `path` (from the store's root) in the store of `storage_url`:
@@ -169,6 +262,73 @@ mod tests {
             "s3://ckpt/prod/ns/job/savepoints/e4/manifest.json"
         );
         assert_eq!(object_url("gs://b", "ns/j/m.json"), "gs://b/ns/j/m.json");
+        assert_eq!(bucket_of("s3://ckpt/prod/x"), "s3://ckpt");
+        assert_eq!(bucket_of("s3://ckpt"), "s3://ckpt");
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_the_oldest_savepoints_but_spares_protected_ones() {
+        let dir = std::env::temp_dir().join(format!("sj-retain-{}", std::process::id()));
+        let storage = storage::open(&format!("file://{}", dir.display())).unwrap();
+        let paths = JobPaths::new(&Path::default(), "ns", "clicks");
+        let job = JobStorage {
+            storage: storage.clone(),
+            paths: paths.clone(),
+        };
+        let mut history = Vec::new();
+        for id in ["a", "b", "c", "d"] {
+            storage
+                .store
+                .put(
+                    &paths.savepoint_part(id, 0),
+                    PutPayload::from_static(b"part"),
+                )
+                .await
+                .unwrap();
+            storage
+                .store
+                .put(
+                    &paths.savepoint_manifest(id),
+                    PutPayload::from_static(b"{}"),
+                )
+                .await
+                .unwrap();
+            history.push(SavepointStatus {
+                name: id.into(),
+                url: format!("file:///{id}"),
+                epoch: 1,
+                time: Time(jiff::Timestamp::UNIX_EPOCH),
+                reason: "user".into(),
+            });
+        }
+        let deleted = retain(&job, &mut history, 2, &BTreeSet::from(["a"]))
+            .await
+            .unwrap();
+        assert_eq!(deleted, vec!["b", "c"]);
+        let names: Vec<&str> = history.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["a", "d"], "the protected oldest one stays");
+        for (id, kept) in [("a", true), ("b", false), ("c", false), ("d", true)] {
+            assert_eq!(manifest_exists(&storage, &paths, id).await.unwrap(), kept);
+            assert_eq!(
+                parts(&storage, &paths, id).await.unwrap().is_empty(),
+                !kept,
+                "parts of {id}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn restore_urls_name_their_savepoint() {
+        assert_eq!(
+            id_in_url("s3://b/p/ns/job/savepoints/before-v2/manifest.json"),
+            Some("before-v2")
+        );
+        assert_eq!(
+            id_in_url("s3://b/p/ns/job/savepoints/e4-rescale"),
+            Some("e4-rescale")
+        );
+        assert_eq!(id_in_url("s3://b/p/ns/job/checkpoints"), None);
     }
 
     #[test]

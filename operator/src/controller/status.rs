@@ -28,6 +28,8 @@ pub struct StatusInput<'a> {
     pub rescale: Option<&'a RescaleStatus>,
     /// The savepoint history to record.
     pub savepoints: &'a [SavepointStatus],
+    /// The last savepoint request acted on.
+    pub savepoint_request: Option<&'a str>,
     /// Now.
     pub now: jiff::Timestamp,
 }
@@ -89,6 +91,7 @@ pub fn status(input: &StatusInput<'_>) -> StreamJobStatus {
         assignment: partitions(input),
         last_checkpoint: last_checkpoint(input.observed),
         savepoints: input.savepoints.to_vec(),
+        savepoint_request: input.savepoint_request.map(str::to_owned),
         rescale: input.rescale.cloned(),
     }
 }
@@ -154,29 +157,50 @@ fn rescale_transitions(before: &StreamJobStatus, after: &StreamJobStatus) -> Vec
     };
     let mut events = Vec::new();
     match (&before.rescale, &after.rescale) {
-        (None, Some(rescale)) => events.push(event(
-            EventType::Normal,
-            "RescaleStarted",
-            format!(
-                "parallelism {} → {}: epoch {} hands partitions over through savepoint {}",
-                rescale.from, rescale.to, rescale.epoch, rescale.savepoint
-            ),
-        )),
+        (None, Some(rescale)) => {
+            let (reason, note) = match rescale.reason.as_str() {
+                "upgrade" => (
+                    "UpgradeStarted",
+                    format!(
+                        "the changed processing starts in epoch {} from savepoint {}",
+                        rescale.epoch, rescale.savepoint
+                    ),
+                ),
+                "user" => (
+                    "SavepointStarted",
+                    format!(
+                        "taking savepoint {} of every partition in epoch {}",
+                        rescale.savepoint, rescale.epoch
+                    ),
+                ),
+                _ => (
+                    "RescaleStarted",
+                    format!(
+                        "parallelism {} → {}: epoch {} hands partitions over through savepoint {}",
+                        rescale.from, rescale.to, rescale.epoch, rescale.savepoint
+                    ),
+                ),
+            };
+            events.push(event(EventType::Normal, reason, note));
+        }
         (Some(rescale), None) => {
-            let finished = after.epoch.is_some_and(|e| e >= rescale.epoch);
-            events.push(if finished {
-                event(
+            let epoch = after.epoch.unwrap_or_default();
+            let finished = epoch >= rescale.epoch;
+            match rescale.reason.as_str() {
+                "upgrade" if finished => events.push(event(
+                    EventType::Normal,
+                    "Upgraded",
+                    format!("epoch {epoch} runs the changed processing"),
+                )),
+                "rescale" if finished => events.push(event(
                     EventType::Normal,
                     "Rescaled",
                     format!(
-                        "parallelism {} → {} done in epoch {}",
-                        rescale.from,
-                        rescale.to,
-                        after.epoch.unwrap_or_default()
+                        "parallelism {} → {} done in epoch {epoch}",
+                        rescale.from, rescale.to
                     ),
-                )
-            } else {
-                event(
+                )),
+                "rescale" => events.push(event(
                     EventType::Normal,
                     "RescaleAbandoned",
                     format!(
@@ -184,8 +208,9 @@ fn rescale_transitions(before: &StreamJobStatus, after: &StreamJobStatus) -> Vec
                          asks for another count",
                         rescale.from, rescale.to
                     ),
-                )
-            });
+                )),
+                _ => {}
+            }
         }
         _ => {}
     }
@@ -199,6 +224,18 @@ fn rescale_transitions(before: &StreamJobStatus, after: &StreamJobStatus) -> Vec
                 EventType::Warning,
                 "SavepointIncomplete",
                 fallback_message(rescale),
+            ));
+        }
+    }
+    for savepoint in &before.savepoints {
+        if !after.savepoints.iter().any(|s| s.name == savepoint.name) {
+            events.push(event(
+                EventType::Normal,
+                "SavepointDeleted",
+                format!(
+                    "savepoint {} deleted from storage: older than the retained ones",
+                    savepoint.name
+                ),
             ));
         }
     }
@@ -218,11 +255,18 @@ fn rescale_transitions(before: &StreamJobStatus, after: &StreamJobStatus) -> Vec
 }
 
 fn fallback_message(rescale: &RescaleStatus) -> String {
-    format!(
-        "savepoint {} lacks the parts of partitions {:?}: they restore from their newest \
-         checkpoints and replay from there (nothing is lost, some results are emitted again)",
+    let missing = format!(
+        "savepoint {} lacks the parts of partitions {:?}",
         rescale.savepoint, rescale.fallback
-    )
+    );
+    if rescale.reason == "user" {
+        format!("{missing}: it is not recorded; set another name to try again")
+    } else {
+        format!(
+            "{missing}: they restore from their newest checkpoints and replay from there \
+             (nothing is lost, some results are emitted again)"
+        )
+    }
 }
 
 /// `n thing` or `n things`.
@@ -388,7 +432,11 @@ fn assess(input: &StatusInput<'_>, previous: Option<Phase>) -> (Phase, Verdict, 
 
 /// Reason and message of the Ready and Reconciling conditions during a rescale.
 fn rescale_progress(rescale: &RescaleStatus, input: &StatusInput<'_>) -> (&'static str, String) {
-    let head = format!("rescaling {} → {}", rescale.from, rescale.to);
+    let head = match rescale.reason.as_str() {
+        "upgrade" => "upgrading".to_owned(),
+        "user" => format!("taking savepoint {}", rescale.savepoint),
+        _ => format!("rescaling {} → {}", rescale.from, rescale.to),
+    };
     let pods = &input.observed.pods;
     match rescale.step {
         RescaleStep::ScalingUp => {
@@ -512,6 +560,7 @@ mod tests {
             checkpoints: BTreeMap::new(),
             storage: None,
             parts: BTreeMap::new(),
+            restore_from: None,
         }
     }
 
@@ -543,6 +592,7 @@ mod tests {
             blocker: None,
             rescale: None,
             savepoints: &[],
+            savepoint_request: None,
             now: now(),
         });
         assert_eq!(status.phase, Some(Phase::Running));
@@ -579,6 +629,7 @@ mod tests {
             blocker: None,
             rescale: None,
             savepoints: &[],
+            savepoint_request: None,
             now: now(),
         });
         let ready = condition(&status, "Ready");
@@ -604,6 +655,7 @@ mod tests {
             blocker: None,
             rescale: None,
             savepoints: &[],
+            savepoint_request: None,
             now: now(),
         });
         assert_eq!(status.phase, Some(Phase::Pending));
@@ -626,6 +678,7 @@ mod tests {
             blocker: Some(&blocker),
             rescale: None,
             savepoints: &[],
+            savepoint_request: None,
             now: now(),
         });
         assert_eq!(status.phase, Some(Phase::Failed));
@@ -651,6 +704,7 @@ mod tests {
             blocker: None,
             rescale: None,
             savepoints: &[],
+            savepoint_request: None,
             now: now(),
         });
         assert_eq!(
@@ -665,6 +719,7 @@ mod tests {
             blocker: None,
             rescale: None,
             savepoints: &[],
+            savepoint_request: None,
             now: now(),
         });
         assert_eq!(status_stopped.phase, Some(Phase::Suspended));
@@ -684,6 +739,7 @@ mod tests {
                 blocker: None,
                 rescale: None,
                 savepoints: &[],
+                savepoint_request: None,
                 now,
             })
         };

@@ -129,6 +129,12 @@ impl ProcessLoop {
     /// of savepoint `id` (epoch `epoch`, the partition's next offset).
     fn write_savepoint(&mut self, id: &str, epoch: u64) -> Result<Arc<str>, EngineExit> {
         self.flush_for_handover()?;
+        Ok(self.request_parts(id, epoch))
+    }
+
+    /// Hands every running partition's state to the uploader as its part of savepoint `id`;
+    /// the output must be flushed.
+    pub(super) fn request_parts(&mut self, id: &str, epoch: u64) -> Arc<str> {
         let savepoint: Arc<str> = id.into();
         for run in self.runs.values() {
             let part = SnapshotId {
@@ -147,7 +153,7 @@ impl ProcessLoop {
                 "partition is still restoring, so the savepoint gets no part of it from here"
             );
         }
-        Ok(savepoint)
+        savepoint
     }
 
     /// Waits until every output so far is acknowledged: a handover snapshot must not cover
@@ -166,7 +172,7 @@ impl ProcessLoop {
     /// Stops `partition` at once and drops its state; it counts as released once `part` (the
     /// savepoint part already requested, with its epoch) or else its final checkpoint is
     /// durable (the uploader holds that last state until then, and shutdown waits for it).
-    fn release(&mut self, partition: i32, part: Option<&(Arc<str>, u64)>) {
+    pub(super) fn release(&mut self, partition: i32, part: Option<&(Arc<str>, u64)>) {
         if self.transitions.restoring.remove(&partition).is_some() {
             let _ = self.restore_tx.send(RestoreCommand::Cancel(partition));
             return;

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use streamjob_api::IncompatibleState;
 use thiserror::Error;
 use tokio::sync::mpsc as async_mpsc;
 
@@ -64,6 +65,18 @@ pub enum EngineError {
         /// Decoder error.
         source: serde_json::Error,
     },
+    /// A snapshot holds window state of another window layout, and the spec does not allow
+    /// dropping it.
+    #[error(
+        "the snapshot of partition {partition} holds window state of another layout ({saved}); \
+         set spec.upgrade.incompatibleState to dropState to start with empty windows"
+    )]
+    StateLayoutChanged {
+        /// Partition.
+        partition: i32,
+        /// The layout it was saved under.
+        saved: String,
+    },
     /// The partition offsets could not be resolved or assigned.
     #[error("failed to position the consumer on partition {partition}: {source}")]
     Position {
@@ -106,6 +119,10 @@ impl Readiness {
     }
 }
 
+/// A savepoint the run writes when it stops, `(id, epoch of its parts)`: set by a plan that
+/// restarts the run and orders one (a changed pipeline restores from it).
+pub type FinalSavepoint = Arc<std::sync::Mutex<Option<(String, u64)>>>;
+
 /// A newer plan for the run in progress, and what it changes for this pod.
 #[derive(Debug)]
 pub struct PlanUpdate {
@@ -131,6 +148,8 @@ pub struct EngineContext {
     pub readiness: Arc<Readiness>,
     /// Set to stop this run (SIGTERM, or a plan that restarts it); each run has its own.
     pub stop: Arc<AtomicBool>,
+    /// A savepoint to write when the run stops.
+    pub final_savepoint: FinalSavepoint,
     /// Newer plans that keep this run going (the hot loop reads them on its tick).
     pub updates: mpsc::Receiver<PlanUpdate>,
     /// Time allowed for the final flush and checkpoint after a stop.
@@ -192,6 +211,8 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
             pipeline: ctx.pipeline.clone(),
             consumer: consumer.clone(),
             source: source.clone(),
+            drop_incompatible_state: ctx.plan.spec.upgrade.incompatible_state
+                == IncompatibleState::DropState,
         }),
         restore_rx,
         restored_tx,
@@ -219,6 +240,7 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
         updates: ctx.updates,
         readiness: ctx.readiness.clone(),
         stop: ctx.stop.clone(),
+        final_savepoint: ctx.final_savepoint.clone(),
         shutdown_deadline: ctx.shutdown_deadline,
         failures_at_start: 0,
     };

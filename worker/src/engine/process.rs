@@ -21,7 +21,7 @@ use rdkafka::{
 use tokio::sync::mpsc as async_mpsc;
 
 use super::{
-    EngineExit, PartitionRun, PlanUpdate, Readiness, TICK,
+    EngineExit, FinalSavepoint, PartitionRun, PlanUpdate, Readiness, TICK,
     handover::Transitions,
     now_ms, request_upload,
     restore::{RestoreCommand, RestoredPartition},
@@ -66,6 +66,8 @@ pub(super) struct ProcessLoop {
     pub(super) updates: mpsc::Receiver<PlanUpdate>,
     pub(super) readiness: Arc<Readiness>,
     pub(super) stop: Arc<AtomicBool>,
+    /// A savepoint to write when the run stops: (id, epoch of its parts).
+    pub(super) final_savepoint: FinalSavepoint,
     pub(super) shutdown_deadline: Duration,
     /// Failed deliveries before this run's first record; more mean lost output.
     pub(super) failures_at_start: u64,
@@ -408,6 +410,26 @@ impl ProcessLoop {
         let deadline = Instant::now() + self.shutdown_deadline;
         if let Err(exit) = self.checkpoint() {
             return exit;
+        }
+        let ordered = self
+            .final_savepoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((id, epoch)) = ordered {
+            // The parts must cover delivered output only; without a flush there are none,
+            // and the next run restores from the checkpoints instead.
+            match self.flush("the final savepoint") {
+                Ok(true) => {
+                    let savepoint = self.request_parts(&id, epoch);
+                    let partitions: Vec<i32> = self.runs.keys().copied().collect();
+                    for partition in partitions {
+                        self.release(partition, Some(&(savepoint.clone(), epoch)));
+                    }
+                }
+                Ok(false) => {}
+                Err(exit) => return exit,
+            }
         }
         // Partitions whose newest requested snapshot is not yet durable, and released ones
         // whose last snapshot is not.

@@ -64,6 +64,9 @@ pub(super) struct Restorer {
     pub(super) pipeline: Arc<Pipeline>,
     pub(super) consumer: Arc<SourceConsumer>,
     pub(super) source: KafkaSource,
+    /// Whether window state of another layout is dropped (`spec.upgrade.incompatibleState:
+    /// dropState`) rather than refused.
+    pub(super) drop_incompatible_state: bool,
 }
 
 /// Why one restore attempt did not restore.
@@ -147,6 +150,21 @@ impl Restorer {
                 "latest checkpoint".to_owned(),
                 "checkpoint",
             ),
+            RestoreSource::Part { savepoint, path } => {
+                let part = self
+                    .store
+                    .read_part_at(&path.as_str().into())
+                    .await
+                    .map_err(failed)?;
+                if part.header.partition != partition {
+                    return Err(failed(CheckpointError::WrongPartition {
+                        path: path.clone(),
+                        found: part.header.partition,
+                        partition,
+                    }));
+                }
+                (Some(part), format!("savepoint {savepoint}"), "savepoint")
+            }
             RestoreSource::Savepoint(name) => {
                 match self.store.read_savepoint_part(name, partition).await {
                     Ok(part) => (Some(part), format!("savepoint {name}"), "savepoint"),
@@ -177,10 +195,27 @@ impl Restorer {
                 },
             });
         };
-        let state = serde_json::from_slice(&snapshot.state).map_err(|source| {
+        let saved = serde_json::from_slice(&snapshot.state).map_err(|source| {
             Attempt::Failed(EngineError::IncompatibleState { partition, source })
         })?;
         let id = snapshot.header.id;
+        let state = if self.pipeline.reads(&saved) {
+            self.pipeline.claim(saved)
+        } else if self.drop_incompatible_state {
+            tracing::warn!(
+                partition,
+                saved = Pipeline::layout_of(&saved),
+                offset = id.next_offset,
+                "the saved window state belongs to another window layout: dropped, as the spec \
+                 allows; the partition resumes at the saved offset with empty windows"
+            );
+            self.pipeline.new_state()
+        } else {
+            return Err(Attempt::Failed(EngineError::StateLayoutChanged {
+                partition,
+                saved: Pipeline::layout_of(&saved).unwrap_or_default().to_owned(),
+            }));
+        };
         Ok(RestoredPartition {
             partition,
             ticket: request.ticket,

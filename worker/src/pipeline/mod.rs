@@ -36,6 +36,8 @@ use write::NonFinite;
 pub struct Pipeline {
     /// Steps cut after each window step; every segment but the last ends with a window.
     segments: Vec<Segment>,
+    /// The shape of its state ([`streamjob_api::state_layout`]), saved with every snapshot.
+    layout: String,
 }
 
 #[derive(Debug, Default)]
@@ -111,6 +113,9 @@ pub struct FailedResult {
 pub struct PartitionState {
     #[serde(default)]
     windows: Vec<WindowState>,
+    /// The layout of the pipeline that built it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    layout: Option<String>,
 }
 
 impl PartitionState {
@@ -177,12 +182,40 @@ impl Pipeline {
             current.steps.push(Step { label, op });
         }
         segments.push(current);
-        Ok(Pipeline { segments })
+        Ok(Pipeline {
+            segments,
+            layout: streamjob_api::state_layout(steps),
+        })
     }
 
     /// Fresh state for one partition.
     pub fn new_state(&self) -> PartitionState {
-        let mut state = PartitionState::default();
+        let mut state = PartitionState {
+            layout: Some(self.layout.clone()),
+            ..PartitionState::default()
+        };
+        state.ensure_windows(self.window_count());
+        state
+    }
+
+    /// Whether `state` was saved by a pipeline whose state this one reads: the same layout,
+    /// one without windows (nothing to lose), or a snapshot from before layouts were
+    /// recorded.
+    pub fn reads(&self, state: &PartitionState) -> bool {
+        state
+            .layout
+            .as_ref()
+            .is_none_or(|saved| saved.is_empty() || *saved == self.layout)
+    }
+
+    /// The layout of `state`, if recorded.
+    pub fn layout_of(state: &PartitionState) -> Option<&str> {
+        state.layout.as_deref()
+    }
+
+    /// `state`, which this pipeline [reads](Self::reads), as this pipeline's from now on.
+    pub fn claim(&self, mut state: PartitionState) -> PartitionState {
+        state.layout = Some(self.layout.clone());
         state.ensure_windows(self.window_count());
         state
     }

@@ -1,0 +1,398 @@
+//! Rescale benchmark (run by `scripts/bench-rescale`): a job holding about 100 MB of window
+//! state on 8 partitions is rescaled 4 → 8 while records keep coming; prints how long each
+//! partition went without progress and how long the rescale took. See docs/benchmarks.md.
+//!
+//! The pauses come from sampling every worker's `streamjob_processed_offset` every 50 ms:
+//! a partition's pause is the longest time its offset did not advance between the spec
+//! change and 2 s after Ready, while the producer feeds every partition 250 records/s (one
+//! every 4 ms), so the figures have a resolution of about one sampling interval.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use kube::{Api, Client};
+use rdkafka::producer::{BaseRecord, Producer as _};
+use serde_json::json;
+use streamjob_operator::api::{RescaleStep, StreamJob};
+use streamjob_tests::{
+    ensure_crd, kube_client,
+    operator::{
+        Operator, create_s3_secret, kubectl_apply_in, published_plan, worker_ips, worker_runner,
+    },
+    run_ok, stack_env, temp_namespace, unique_name, wait_for,
+    worker::{create_topic, http_get_from, metric_value, producer},
+};
+use streamjob_worker::plan::Plan;
+
+const PARTITIONS: i32 = 8;
+/// Distinct keys: each holds one pane of two accumulators in the 1 h window.
+const KEYS: usize = 1_400_000;
+const RATE_PER_PARTITION: u64 = 250;
+const SAMPLE_EVERY: Duration = Duration::from_millis(50);
+
+/// When, and each partition's highest processed offset then.
+type Sample = (Instant, BTreeMap<i32, f64>);
+
+#[tokio::main]
+async fn main() {
+    let env = stack_env();
+    let client = kube_client().await;
+    ensure_crd(&client).await;
+    let namespace = temp_namespace("bench-rescale");
+    let ns = namespace.name.clone();
+    create_s3_secret(&ns);
+    let name = unique_name("rescale");
+    let (input, output) = (format!("{name}-in"), format!("{name}-out"));
+    create_topic(&env.kafka_bootstrap, &input, PARTITIONS).await;
+    create_topic(&env.kafka_bootstrap, &output, PARTITIONS).await;
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let _runner = worker_runner(&ns);
+    let _operator = Operator::start(&ns, &[], &dir.join("operator.log"));
+
+    let manifest = json!({
+        "apiVersion": "streamjob.dev/v1alpha1",
+        "kind": "StreamJob",
+        "metadata": { "name": name, "namespace": ns },
+        "spec": {
+            "parallelism": 4,
+            "source": { "kafka": { "bootstrapServers": env.kafka_bootstrap, "topic": input } },
+            "pipeline": [
+                { "keyBy": ".k" },
+                { "name": "per-hour", "window": { "size": "1h", "aggregates": [
+                    { "name": "n", "function": "count" },
+                    { "name": "total", "function": "sum", "of": ".v" },
+                ] } },
+            ],
+            "sink": { "kafka": { "topic": output } },
+            "checkpoint": {
+                "storage": format!("s3://{}/{name}", env.s3_bucket),
+                "interval": "60s",
+                "retained": 2,
+                "secretRef": { "name": "checkpoint-storage" },
+            },
+        },
+    });
+    kubectl_apply_in(&dir, &manifest);
+    let jobs: Api<StreamJob> = Api::namespaced(client.clone(), &ns);
+    await_ready(&jobs, &name, 4).await;
+
+    eprintln!("== producing {KEYS} distinct keys");
+    let started = Instant::now();
+    let kafka = producer(&env.kafka_bootstrap);
+    for i in 0..KEYS {
+        send(&kafka, &input, i);
+    }
+    kafka.flush(Duration::from_secs(120)).expect("flush");
+    let ends: Vec<i64> = (0..PARTITIONS)
+        .map(|p| end_offset(&env.kafka_bootstrap, &input, p))
+        .collect();
+    eprintln!(
+        "== produced in {:.1}s; waiting until the workers processed it",
+        started.elapsed().as_secs_f64()
+    );
+    wait_for(
+        "the prefill processed",
+        Duration::from_secs(600),
+        || async {
+            let offsets = processed_offsets(&client, &ns, &name).await;
+            (0..PARTITIONS)
+                .all(|p| {
+                    offsets
+                        .get(&p)
+                        .is_some_and(|o| *o as i64 >= ends[p as usize] - 1)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "== prefill processed after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    // A steady stream on every partition, over keys that already exist.
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (stop, bootstrap, topic) = (stop.clone(), env.kafka_bootstrap.clone(), input.clone());
+        std::thread::spawn(move || {
+            let kafka = producer(&bootstrap);
+            let tick = Duration::from_millis(1000 / RATE_PER_PARTITION);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..PARTITIONS {
+                    send(&kafka, &topic, i % KEYS);
+                    i += 1;
+                }
+                std::thread::sleep(tick);
+            }
+            kafka.flush(Duration::from_secs(30)).expect("flush");
+        })
+    };
+    let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let sampler = {
+        let (stop, samples, client, ns, name) = (
+            stop.clone(),
+            samples.clone(),
+            client.clone(),
+            ns.clone(),
+            name.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let offsets = processed_offsets(&client, &ns, &name).await;
+                samples
+                    .lock()
+                    .expect("samples")
+                    .push((Instant::now(), offsets));
+                tokio::time::sleep(SAMPLE_EVERY).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let before = published_plan(&client, &ns, &name).await;
+    let changed = Instant::now();
+    run_ok(
+        "kubectl",
+        &[
+            "scale",
+            &format!("streamjob/{name}"),
+            "-n",
+            &ns,
+            "--replicas=8",
+        ],
+    );
+    // The job's status every 100 ms: when the new pods existed (the rescale left ScalingUp)
+    // and when it was Ready again.
+    let mut pods_up = None;
+    let job = loop {
+        let job = jobs.get(&name).await.expect("the job");
+        let status = job.status.clone().unwrap_or_default();
+        let step = status.rescale.as_ref().map(|r| r.step);
+        if pods_up.is_none() && step.is_some_and(|s| s != RescaleStep::ScalingUp) {
+            pods_up = Some(Instant::now());
+        }
+        let done = status.observed_generation == job.metadata.generation
+            && status.rescale.is_none()
+            && status.parallelism == Some(8)
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+        if done {
+            break job;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(600),
+            "the rescale did not finish"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ready = Instant::now();
+    let pods_up = pods_up.unwrap_or(changed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.await;
+    feeder.join().expect("feeder");
+
+    let after = published_plan(&client, &ns, &name).await;
+    let savepoint = job
+        .status
+        .as_ref()
+        .and_then(|s| s.savepoints.last())
+        .expect("the rescale's savepoint is recorded")
+        .clone();
+    let (part_bytes, state_bytes) = savepoint_size(&env.s3_bucket, &savepoint.url).await;
+
+    let samples = samples.lock().expect("samples");
+    let owner = |plan: &Plan, p: i32| {
+        plan.assignment
+            .iter()
+            .find(|(_, held)| held.contains(&p))
+            .map(|(pod, _)| pod.clone())
+    };
+    let mut moving = Vec::new();
+    let mut staying = Vec::new();
+    for p in 0..PARTITIONS {
+        let pause = longest_stall(&samples, p, changed, ready + Duration::from_secs(2));
+        if owner(&before, p) == owner(&after, p) {
+            staying.push((p, pause));
+        } else {
+            moving.push((p, pause));
+        }
+    }
+    let max = |v: &[(i32, Duration)]| v.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    println!("rescale 4 → 8, {PARTITIONS} partitions, {KEYS} keys");
+    println!(
+        "state: {:.1} MB uncompressed ({:.1} MB in the savepoint's parts)",
+        mb(state_bytes),
+        mb(part_bytes)
+    );
+    println!(
+        "moving partitions     {:?}: longest pause {:.2}s",
+        moving.iter().map(|m| m.0).collect::<Vec<_>>(),
+        max(&moving).as_secs_f64()
+    );
+    for (p, pause) in &moving {
+        println!("  partition {p}: {:.2}s", pause.as_secs_f64());
+    }
+    println!(
+        "non-moving partitions {:?}: longest pause {:.2}s (sampling every {}ms)",
+        staying.iter().map(|m| m.0).collect::<Vec<_>>(),
+        max(&staying).as_secs_f64(),
+        SAMPLE_EVERY.as_millis()
+    );
+    println!(
+        "total: spec change → Ready {:.2}s; without pod start (the new pods exist → Ready) {:.2}s",
+        ready.duration_since(changed).as_secs_f64(),
+        ready.duration_since(pods_up).as_secs_f64()
+    );
+    println!("operator log: {}", dir.join("operator.log").display());
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / 1_000_000.0
+}
+
+fn send(
+    kafka: &rdkafka::producer::ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: &str,
+    i: usize,
+) {
+    let key = format!("key-{i:07}");
+    let payload = format!(r#"{{"k":"{key}","v":{}}}"#, i % 100);
+    let partition = i32::try_from(i % PARTITIONS as usize).unwrap_or(0);
+    let mut record = BaseRecord::to(topic)
+        .partition(partition)
+        .key(&key)
+        .payload(&payload);
+    loop {
+        match kafka.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+fn end_offset(bootstrap: &str, topic: &str, partition: i32) -> i64 {
+    use rdkafka::{
+        ClientConfig,
+        consumer::{BaseConsumer, Consumer as _},
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("consumer");
+    consumer
+        .fetch_watermarks(topic, partition, Duration::from_secs(10))
+        .expect("watermarks")
+        .1
+}
+
+async fn await_ready(jobs: &Api<StreamJob>, name: &str, parallelism: i32) -> StreamJob {
+    wait_for(
+        &format!("{name} ready with {parallelism} workers"),
+        Duration::from_secs(600),
+        || async {
+            let job = jobs.get(name).await.ok()?;
+            let status = job.status.as_ref()?;
+            let ready = status.observed_generation == job.metadata.generation
+                && status.rescale.is_none()
+                && status.parallelism == Some(parallelism)
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+            ready.then_some(job)
+        },
+    )
+    .await
+}
+
+/// The highest processed offset of each partition over the job's pods.
+async fn processed_offsets(client: &Client, ns: &str, job: &str) -> BTreeMap<i32, f64> {
+    let mut offsets = BTreeMap::new();
+    for ip in worker_ips(client, ns, job).await.values() {
+        let Some(text) = http_get_from(ip, 9090, "/metrics") else {
+            continue;
+        };
+        for p in 0..PARTITIONS {
+            let series = format!("streamjob_processed_offset{{partition=\"{p}\"}}");
+            if let Some(offset) = metric_value(&text, &series) {
+                let best = offsets.entry(p).or_insert(offset);
+                *best = f64::max(*best, offset);
+            }
+        }
+    }
+    offsets
+}
+
+/// The longest time partition `p`'s offset did not advance within `[from, to]`.
+fn longest_stall(samples: &[Sample], p: i32, from: Instant, to: Instant) -> Duration {
+    let mut last_change: Option<(Instant, f64)> = None;
+    let mut longest = Duration::ZERO;
+    for (at, offsets) in samples {
+        let Some(&offset) = offsets.get(&p) else {
+            continue;
+        };
+        match last_change {
+            Some((_, seen)) if offset <= seen => {}
+            Some((since, _)) => {
+                if *at >= from && *at <= to {
+                    longest = longest.max(at.duration_since(since.max(from)));
+                }
+                last_change = Some((*at, offset));
+            }
+            None => last_change = Some((*at, offset)),
+        }
+    }
+    if let Some((since, _)) = last_change {
+        if since < to {
+            longest = longest.max(to.duration_since(since.max(from)));
+        }
+    }
+    longest
+}
+
+/// Sizes of the savepoint at `url`: its parts as stored, and their state uncompressed.
+async fn savepoint_size(bucket: &str, url: &str) -> (u64, u64) {
+    use futures::TryStreamExt as _;
+    use object_store::{ObjectStore as _, ObjectStoreExt as _};
+    let store = streamjob_tests::worker::s3_store();
+    let manifest = url
+        .strip_prefix(&format!("s3://{bucket}/"))
+        .expect("a URL in the test bucket");
+    let dir = manifest.trim_end_matches("/manifest.json");
+    let parts: Vec<_> = store
+        .list(Some(&dir.into()))
+        .try_collect()
+        .await
+        .expect("list parts");
+    let (mut stored, mut state) = (0, 0);
+    for part in parts
+        .iter()
+        .filter(|m| m.location.as_ref().ends_with(".snap"))
+    {
+        let bytes = store
+            .get(&part.location)
+            .await
+            .expect("get part")
+            .bytes()
+            .await
+            .expect("part bytes");
+        stored += bytes.len() as u64;
+        let (_, body) = streamjob_worker::snapshot::decode(&bytes).expect("part decodes");
+        state += body.len() as u64;
+    }
+    (stored, state)
+}
