@@ -73,7 +73,9 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    let bin = target.join("debug").join(name);
+    // Benchmarks run the release builds: STREAMJOB_PROFILE=release.
+    let profile = std::env::var("STREAMJOB_PROFILE").unwrap_or_else(|_| "debug".to_owned());
+    let bin = target.join(profile).join(name);
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build --workspace --bins` first",

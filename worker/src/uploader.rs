@@ -13,6 +13,7 @@ use tokio::sync::mpsc as async_mpsc;
 
 use crate::{
     checkpoint::{CheckpointStore, retry_delay},
+    pipeline::PartitionState,
     snapshot::{SnapshotHeader, SnapshotId},
     tasks::LatestTasks,
     telemetry::{CheckpointCompleted, CheckpointFailed, Event, SavepointPartWritten},
@@ -31,8 +32,8 @@ pub enum SnapshotTarget {
 pub struct UploadRequest {
     /// Its header.
     pub header: SnapshotHeader,
-    /// Serialized (uncompressed) state.
-    pub state: Vec<u8>,
+    /// The state, encoded here (off the engine's hot loop).
+    pub state: PartitionState,
     /// Where it goes.
     pub target: SnapshotTarget,
     /// When the engine asked for it.
@@ -89,18 +90,26 @@ async fn upload(
         SnapshotTarget::Checkpoint => None,
         SnapshotTarget::SavepointPart(id) => Some(id.as_ref()),
     };
+    let state = request.state;
+    let encoded = tokio::task::spawn_blocking(move || serde_json::to_vec(&state)).await;
+    let state = match encoded {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(error)) => {
+            // Never seen: the state is maps of strings and numbers. Without this snapshot
+            // the partition's previous one stays the newest, and replays cover the rest.
+            tracing::error!(%error, partition, "cannot encode the state; snapshot skipped");
+            return;
+        }
+        Err(_) => return, // superseded by a newer snapshot of the partition, or shutdown
+    };
     let mut attempt = 0;
     let bytes = loop {
         attempt += 1;
         let written = match savepoint {
-            None => {
-                store
-                    .write_checkpoint(&request.header, &request.state)
-                    .await
-            }
+            None => store.write_checkpoint(&request.header, &state).await,
             Some(id) => {
                 store
-                    .write_savepoint_part(id, &request.header, &request.state)
+                    .write_savepoint_part(id, &request.header, &state)
                     .await
             }
         };

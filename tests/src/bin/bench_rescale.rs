@@ -32,7 +32,7 @@ use streamjob_worker::plan::Plan;
 
 const PARTITIONS: i32 = 8;
 /// Distinct keys: each holds one pane of two accumulators in the 1 h window.
-const KEYS: usize = 1_400_000;
+const KEYS: usize = 1_000_000;
 const RATE_PER_PARTITION: u64 = 250;
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
@@ -53,7 +53,7 @@ async fn main() {
     create_topic(&env.kafka_bootstrap, &output, PARTITIONS).await;
     let dir = std::env::temp_dir().join(&name);
     std::fs::create_dir_all(&dir).expect("bench dir");
-    let _runner = worker_runner(&ns);
+    let runner = worker_runner(&ns);
     let _operator = Operator::start(&ns, &[], &dir.join("operator.log"));
 
     let manifest = json!({
@@ -66,7 +66,7 @@ async fn main() {
             "pipeline": [
                 { "keyBy": ".k" },
                 { "name": "per-hour", "window": { "size": "1h", "aggregates": [
-                    { "name": "n", "function": "count" },
+                    { "name": "count", "function": "count" },
                     { "name": "total", "function": "sum", "of": ".v" },
                 ] } },
             ],
@@ -229,6 +229,8 @@ async fn main() {
         }
     }
     let max = |v: &[(i32, Duration)]| v.iter().map(|(_, d)| *d).max().unwrap_or_default();
+    let epoch = u64::try_from(savepoint.epoch).unwrap_or_default();
+    let logged = logged_pauses(&runner.state_dir, &ns, epoch);
     println!("rescale 4 → 8, {PARTITIONS} partitions, {KEYS} keys");
     println!(
         "state: {:.1} MB uncompressed ({:.1} MB in the savepoint's parts)",
@@ -249,6 +251,18 @@ async fn main() {
         max(&staying).as_secs_f64(),
         SAMPLE_EVERY.as_millis()
     );
+    println!("from the workers' logs (same clock):");
+    for (p, pause) in &logged.moving {
+        println!(
+            "  moving partition {p}: {pause:.3}s from its old owner taking the plan to its new owner running it"
+        );
+    }
+    println!(
+        "  kept partitions: {:.3}s longest time a worker's loop spent applying the plan (mean {:.3}s over {} workers)",
+        logged.kept.iter().copied().fold(0.0, f64::max),
+        logged.kept.iter().sum::<f64>() / logged.kept.len().max(1) as f64,
+        logged.kept.len()
+    );
     println!(
         "total: spec change → Ready {:.2}s; without pod start (the new pods exist → Ready) {:.2}s",
         ready.duration_since(changed).as_secs_f64(),
@@ -266,8 +280,10 @@ fn send(
     topic: &str,
     i: usize,
 ) {
-    let key = format!("key-{i:07}");
-    let payload = format!(r#"{{"k":"{key}","v":{}}}"#, i % 100);
+    // Keys from a mixing function compress like real ids, not like a counter.
+    let mixed = splitmix64(i as u64);
+    let key = format!("{mixed:016x}");
+    let payload = format!(r#"{{"k":"{key}","v":{}}}"#, mixed % 1000);
     let partition = i32::try_from(i % PARTITIONS as usize).unwrap_or(0);
     let mut record = BaseRecord::to(topic)
         .partition(partition)
@@ -282,6 +298,90 @@ fn send(
             }
         }
     }
+}
+
+/// Pauses as the workers logged them.
+struct LoggedPauses {
+    /// Moving partition → seconds from the old owner applying the plan to the new owner
+    /// running the partition.
+    moving: BTreeMap<i32, f64>,
+    /// Per old worker, seconds its loop spent applying the plan (its kept partitions wait).
+    kept: Vec<f64>,
+}
+
+/// Reads the pauses of the handover to `epoch` from the container logs of the namespace's
+/// pods under the pod runner's `state_dir`.
+fn logged_pauses(state_dir: &std::path::Path, namespace: &str, epoch: u64) -> LoggedPauses {
+    let mut stops = BTreeMap::new(); // partition → when its old owner took the plan
+    let mut starts = BTreeMap::new(); // partition → when its new owner ran it
+    let mut kept = Vec::new();
+    let dirs = std::fs::read_dir(state_dir).expect("the pod runner's state dir");
+    for dir in dirs.flatten() {
+        if !dir.file_name().to_string_lossy().starts_with(namespace) {
+            continue;
+        }
+        let log = std::fs::read_to_string(dir.path().join("container.log")).unwrap_or_default();
+        for line in log.lines() {
+            let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let fields = &entry["fields"];
+            if fields["epoch"].as_u64() != Some(epoch) {
+                continue;
+            }
+            let at = seconds_of_day(entry["timestamp"].as_str().unwrap_or_default());
+            let message = fields["message"].as_str().unwrap_or_default();
+            if message.starts_with("new plan; handing over") {
+                for p in partitions(fields["lose"].as_str().unwrap_or_default()) {
+                    stops.insert(p, at);
+                }
+            } else if message.starts_with("handover applied") {
+                kept.push(fields["paused_ms"].as_f64().unwrap_or_default() / 1000.0);
+            } else if message == "partition running" {
+                if let Some(p) = fields["partition"].as_i64() {
+                    starts.insert(i32::try_from(p).unwrap_or_default(), at);
+                }
+            }
+        }
+    }
+    let moving = stops
+        .iter()
+        .filter_map(|(p, stop)| Some((*p, starts.get(p)? - stop)))
+        .collect();
+    LoggedPauses { moving, kept }
+}
+
+/// `[1, 3]` → 1, 3.
+fn partitions(list: &str) -> Vec<i32> {
+    list.trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .collect()
+}
+
+/// Seconds since midnight of an RFC 3339 UTC timestamp (the bench runs within a day).
+fn seconds_of_day(timestamp: &str) -> f64 {
+    let time = timestamp
+        .split('T')
+        .nth(1)
+        .unwrap_or_default()
+        .trim_end_matches('Z');
+    let mut parts = time.split(':');
+    let mut field = || {
+        parts
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_default()
+    };
+    let (h, m, s) = (field(), field(), field());
+    h * 3600.0 + m * 60.0 + s
+}
+
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn end_offset(bootstrap: &str, topic: &str, partition: i32) -> i64 {

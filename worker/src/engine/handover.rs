@@ -15,9 +15,11 @@ use super::{
     process::ProcessLoop,
     request_upload,
     restore::{RestoreCommand, RestoreRequest, RestoredPartition},
+    send_upload,
 };
 use crate::{
-    plan::RestoreSource,
+    plan::{Plan, RestoreSource},
+    plan_change::Handover,
     snapshot::SnapshotId,
     telemetry::{Event, Metrics, PartitionReleased, PartitionRunning, RecordsProcessed},
     uploader::{SnapshotTarget, UploadDone},
@@ -93,8 +95,25 @@ impl ProcessLoop {
     }
 
     fn adopt(&mut self, PlanUpdate { plan, handover }: PlanUpdate) -> Result<(), EngineExit> {
+        let started = std::time::Instant::now();
+        let epoch = plan.epoch;
+        self.adopt_plan(plan, &handover)?;
+        // The kept partitions processed nothing meanwhile: their whole pause.
+        tracing::info!(
+            epoch,
+            kept = ?handover.keep,
+            paused_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "handover applied; kept partitions run on"
+        );
+        Ok(())
+    }
+
+    fn adopt_plan(&mut self, plan: Arc<Plan>, handover: &Handover) -> Result<(), EngineExit> {
         let part = match &handover.savepoint {
-            Some(id) => Some((self.write_savepoint(id, plan.epoch)?, plan.epoch)),
+            Some(id) => Some((
+                self.write_savepoint(id, plan.epoch, &handover.lose)?,
+                plan.epoch,
+            )),
             None => None,
         };
         if part.is_none() && handover.lose.iter().any(|p| self.runs.contains_key(p)) {
@@ -126,25 +145,58 @@ impl ProcessLoop {
     }
 
     /// Flushes output, then hands every running partition's state to the uploader as its part
-    /// of savepoint `id` (epoch `epoch`, the partition's next offset).
-    fn write_savepoint(&mut self, id: &str, epoch: u64) -> Result<Arc<str>, EngineExit> {
+    /// of savepoint `id` (epoch `epoch`, the partition's next offset), releasing `lose`.
+    fn write_savepoint(
+        &mut self,
+        id: &str,
+        epoch: u64,
+        lose: &[i32],
+    ) -> Result<Arc<str>, EngineExit> {
+        let started = std::time::Instant::now();
         self.flush_for_handover()?;
-        Ok(self.request_parts(id, epoch))
+        let flushed = started.elapsed();
+        let savepoint = self.request_parts(id, epoch, lose);
+        tracing::info!(
+            savepoint = id,
+            flush_ms = u64::try_from(flushed.as_millis()).unwrap_or(u64::MAX),
+            copy_ms = u64::try_from((started.elapsed() - flushed).as_millis()).unwrap_or(u64::MAX),
+            "savepoint parts requested"
+        );
+        Ok(savepoint)
     }
 
     /// Hands every running partition's state to the uploader as its part of savepoint `id`;
-    /// the output must be flushed.
-    pub(super) fn request_parts(&mut self, id: &str, epoch: u64) -> Arc<str> {
+    /// the output must be flushed. Partitions of `lose` stop here and hand their state over
+    /// as it is (no copy); they count as released once their part is durable.
+    pub(super) fn request_parts(&mut self, id: &str, epoch: u64, lose: &[i32]) -> Arc<str> {
         let savepoint: Arc<str> = id.into();
+        for partition in lose {
+            let Some(run) = self.runs.remove(partition) else {
+                continue;
+            };
+            self.unassign(run.partition);
+            let part = SnapshotId {
+                epoch,
+                next_offset: run.next_offset,
+            };
+            let target = SnapshotTarget::SavepointPart(savepoint.clone());
+            send_upload(
+                &self.upload_tx,
+                run.partition,
+                run.state,
+                part,
+                target.clone(),
+            );
+            let awaits = Durable { target, id: part };
+            self.transitions.releasing.insert(run.partition, awaits);
+        }
         for run in self.runs.values() {
             let part = SnapshotId {
                 epoch,
                 next_offset: run.next_offset,
             };
             let target = SnapshotTarget::SavepointPart(savepoint.clone());
-            if let Err(error) = request_upload(&self.upload_tx, run, part, target) {
-                tracing::error!(%error, partition = run.partition, "cannot encode state");
-            }
+            request_upload(&self.upload_tx, run, part, target);
         }
         for partition in self.transitions.restoring.keys() {
             tracing::warn!(
@@ -180,13 +232,7 @@ impl ProcessLoop {
         let Some(mut run) = self.runs.remove(&partition) else {
             return;
         };
-        // A record of it still queued from the old assignment is dropped as not ours.
-        if let Err(error) = self
-            .consumer
-            .incremental_unassign(&self.partition_list(partition, None))
-        {
-            tracing::warn!(%error, partition, "cannot unassign the partition; its records are ignored");
-        }
+        self.unassign(partition);
         let awaits = match part {
             Some((savepoint, epoch)) => Durable {
                 target: SnapshotTarget::SavepointPart(savepoint.clone()),
@@ -203,11 +249,7 @@ impl ProcessLoop {
                 };
                 if run.requested != id {
                     run.requested = id;
-                    if let Err(error) =
-                        request_upload(&self.upload_tx, &run, id, SnapshotTarget::Checkpoint)
-                    {
-                        tracing::error!(%error, partition, "cannot encode state");
-                    }
+                    request_upload(&self.upload_tx, &run, id, SnapshotTarget::Checkpoint);
                 }
                 if run.completed == Some(id) {
                     Durable {
@@ -224,6 +266,17 @@ impl ProcessLoop {
             }
         };
         self.transitions.releasing.insert(partition, awaits);
+    }
+
+    /// Stops consuming `partition`; a record of it still queued from the old assignment is
+    /// dropped as not ours.
+    fn unassign(&self, partition: i32) {
+        if let Err(error) = self
+            .consumer
+            .incremental_unassign(&self.partition_list(partition, None))
+        {
+            tracing::warn!(%error, partition, "cannot unassign the partition; its records are ignored");
+        }
     }
 
     /// Drops a released partition whose awaited snapshot `done` is; says whether it did.
@@ -307,8 +360,7 @@ impl ProcessLoop {
         };
         restored.report.emit();
         if completed.is_none() {
-            request_upload(&self.upload_tx, &run, requested, SnapshotTarget::Checkpoint)
-                .map_err(|error| EngineExit::Rewind(error.to_string()))?;
+            request_upload(&self.upload_tx, &run, requested, SnapshotTarget::Checkpoint);
         }
         self.consumer
             .incremental_assign(&self.partition_list(partition, Some(next_offset)))

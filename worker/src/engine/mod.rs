@@ -258,20 +258,28 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
     Ok(exit)
 }
 
-/// Hands `id` of `run`'s state to the uploader, to be written to `target`.
+/// Hands `id` of `run`'s state to the uploader, to be written to `target`. The state is
+/// copied here and encoded by the uploader, off the hot loop: a copy costs the partitions a
+/// fraction of what encoding would.
 fn request_upload(
     upload_tx: &async_mpsc::UnboundedSender<UploadRequest>,
     run: &PartitionRun,
     id: SnapshotId,
     target: SnapshotTarget,
-) -> Result<(), EngineError> {
-    let state =
-        serde_json::to_vec(&run.state).map_err(|source| EngineError::IncompatibleState {
-            partition: run.partition,
-            source,
-        })?;
+) {
+    send_upload(upload_tx, run.partition, run.state.clone(), id, target);
+}
+
+/// Hands `state` of `partition` to the uploader as snapshot `id`, to be written to `target`.
+fn send_upload(
+    upload_tx: &async_mpsc::UnboundedSender<UploadRequest>,
+    partition: i32,
+    state: PartitionState,
+    id: SnapshotId,
+    target: SnapshotTarget,
+) {
     let header = SnapshotHeader {
-        partition: run.partition,
+        partition,
         id,
         created_ms: now_ms(),
     };
@@ -282,7 +290,6 @@ fn request_upload(
         target,
         requested_at: Instant::now(),
     });
-    Ok(())
 }
 
 /// Wall-clock time in epoch milliseconds.

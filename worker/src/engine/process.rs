@@ -397,10 +397,7 @@ impl ProcessLoop {
                 continue; // Nothing moved; the previous snapshot still describes the state.
             }
             run.requested = id;
-            if let Err(error) = request_upload(&self.upload_tx, run, id, SnapshotTarget::Checkpoint)
-            {
-                tracing::error!(%error, partition = run.partition, "cannot encode state");
-            }
+            request_upload(&self.upload_tx, run, id, SnapshotTarget::Checkpoint);
         }
         Ok(())
     }
@@ -421,11 +418,9 @@ impl ProcessLoop {
             // and the next run restores from the checkpoints instead.
             match self.flush("the final savepoint") {
                 Ok(true) => {
-                    let savepoint = self.request_parts(&id, epoch);
+                    // Every partition stops here: their states go as they are.
                     let partitions: Vec<i32> = self.runs.keys().copied().collect();
-                    for partition in partitions {
-                        self.release(partition, Some(&(savepoint.clone(), epoch)));
-                    }
+                    self.request_parts(&id, epoch, &partitions);
                 }
                 Ok(false) => {}
                 Err(exit) => return exit,

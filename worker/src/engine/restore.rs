@@ -22,8 +22,11 @@ use crate::{
     telemetry::{Event, PartitionRestored, RestoreFailed, SavepointPartAwaited},
 };
 
-/// How often a missing savepoint part is looked for.
-const PART_POLL: Duration = Duration::from_secs(1);
+/// How soon a missing savepoint part is looked for again: at first soon (the old owner is
+/// writing it right now, and a moving partition pauses until it is found), then less often.
+const PART_POLL_FIRST: Duration = Duration::from_millis(25);
+/// The longest wait between two looks for a missing part.
+const PART_POLL_MAX: Duration = Duration::from_millis(100);
 /// How often a partition still waiting for its part says so.
 const WAIT_REPORT_EVERY: Duration = Duration::from_secs(30);
 
@@ -104,6 +107,7 @@ impl Restorer {
         let started = Instant::now();
         let mut next_report = started;
         let mut failures = 0;
+        let mut poll = PART_POLL_FIRST;
         loop {
             match self.attempt(&request).await {
                 Ok(restored) => return restored,
@@ -117,7 +121,8 @@ impl Restorer {
                         .emit();
                         next_report = Instant::now() + WAIT_REPORT_EVERY;
                     }
-                    tokio::time::sleep(PART_POLL).await;
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(PART_POLL_MAX);
                 }
                 Err(Attempt::Failed(error)) => {
                     failures += 1;
