@@ -571,7 +571,17 @@ async fn a_pipeline_change_reaches_the_running_workers_without_new_pods() {
         "results after the change carry the new map's field"
     );
     let job = wait_for_condition(n, name, "Ready", "True", READY_TIMEOUT).await;
-    assert_eq!(job.status.unwrap().epoch, epoch, "same owners, same epoch");
+    let status = job.status.unwrap();
+    let upgrade = epoch.map(|e| e + 1);
+    assert_eq!(
+        status.epoch, upgrade,
+        "one epoch, that of the upgrade's savepoint"
+    );
+    let savepoint = status.savepoints.last().expect("the upgrade's savepoint");
+    assert_eq!(
+        (savepoint.name.as_str(), savepoint.reason.as_str()),
+        (format!("e{}-upgrade", upgrade.unwrap()).as_str(), "upgrade")
+    );
     assert_eq!(
         pod_names(pods.list(&params).await.unwrap().items),
         before,
