@@ -218,10 +218,12 @@ async fn rescaling_2_4_1_3_under_a_continuous_stream_loses_nothing() {
         .collect();
     assert_eq!(kept.len(), 2, "one partition per old pod stays: {after:?}");
     assert_eq!(after.assignment.len(), 4, "every pod owns a partition");
+    // From the last sample before the handover plan (the end of ScalingUp; the
+    // savepoint step itself may pass between two samples) to the end.
     let first = samples
         .iter()
-        .position(|s| s.step == Some(RescaleStep::Savepointing))
-        .expect("the savepoint step was recorded in status");
+        .rposition(|s| s.step == Some(RescaleStep::ScalingUp))
+        .unwrap_or(0);
     for p in &kept {
         let (start, end) = (
             samples[first].offsets[p],

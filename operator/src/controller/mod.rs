@@ -38,6 +38,7 @@ use kube::{
 };
 use serde_json::json;
 use streamjob_api::{StreamJob, StreamJobSpec};
+use streamjob_worker::plan::Plan;
 use thiserror::Error;
 
 use self::{
@@ -393,46 +394,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
             let target = desired::replicas(&runnable, partitions);
             let decision =
                 rescale_step(job, &runnable.spec, &observed, target, partitions, now, ctx);
-            let (plan, replicas) = match (&decision, &observed.plan) {
-                (Decision::Savepointing { plan, .. } | Decision::FallingBack { plan, .. }, _) => {
-                    (plan.clone(), decision.replicas(target))
-                }
-                // Done too: a spec change that waited for the rescale is the next operation.
-                (
-                    Decision::ScalingUp(_)
-                    | Decision::HandingOver(_)
-                    | Decision::ScalingDown { .. }
-                    | Decision::Abandoned
-                    | Decision::Done,
-                    Some(published),
-                ) => (published.clone(), decision.replicas(target)),
-                (Decision::Steady | Decision::Deferred { .. }, _) | (_, None) => {
-                    let last_epoch = previous
-                        .epoch
-                        .and_then(|e| u64::try_from(e).ok())
-                        .unwrap_or(0)
-                        .max(observed.newest_checkpoint_epoch());
-                    let mut plan = next_plan(&PlanInput {
-                        job: &runnable,
-                        namespace: &namespace,
-                        previous: observed.plan.as_ref(),
-                        last_epoch,
-                        partitions,
-                        pods: &observed.pods,
-                    });
-                    if let Some(Ok(manifest)) = &observed.restore_from {
-                        plan.restore = savepoint::restore_entries(manifest, &observed.checkpoints);
-                    }
-                    (plan, decision.replicas(target))
-                }
-            };
-            // An operation is recorded in status before its plan is published: a plan
-            // ordering a savepoint that status does not know of would never be verified.
-            let starting = previous.rescale.is_none() && decision.status().is_some();
-            let plan = match (&observed.plan, starting) {
-                (Some(published), true) => published.clone(),
-                _ => plan,
-            };
+            let (plan, replicas) = plan_for(&decision, &runnable, target, partitions, &observed);
             match &decision {
                 Decision::HandingOver(rescale) => {
                     let completed =
@@ -452,32 +414,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 _ => {}
             }
             retain_savepoints(job, &observed, &plan, &mut savepoints).await?;
-            let owner = job.controller_owner_ref(&()).unwrap_or_default();
-            let children =
-                desired::children(&runnable, &namespace, replicas, &plan, owner, &ctx.defaults)?;
-            apply::apply(&ctx.client, &ctx.children, &namespace, &children).await?;
-            let generation = (uid(job), job.metadata.generation.unwrap_or(0));
-            let needs_prune = !ctx
-                .pruned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(&generation);
-            if needs_prune {
-                let names = ChildNames::new(&name);
-                apply::prune(
-                    &ctx.client,
-                    &ctx.children,
-                    &namespace,
-                    &generation.0,
-                    &names,
-                    &children,
-                )
-                .await?;
-                ctx.pruned
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(generation);
-            }
+            apply_children(job, &runnable, replicas, &plan, ctx).await?;
             (Some(plan), decision.status().cloned())
         }
         // Nothing can be planned: the rescale in flight, if any, waits where it is.
@@ -534,12 +471,102 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
     })
 }
 
+/// The plan to publish in this reconcile, and the worker Deployment's replicas.
+fn plan_for(
+    decision: &Decision,
+    runnable: &StreamJob,
+    target: i32,
+    partitions: i32,
+    observed: &observe::Observed,
+) -> (Plan, i32) {
+    let replicas = decision.replicas(target);
+    let published = observed.plan.as_ref();
+    // An operation is recorded in status before its plan is published: a plan ordering a
+    // savepoint that status does not know of would never be verified.
+    let starting =
+        runnable.status.as_ref().is_none_or(|s| s.rescale.is_none()) && decision.status().is_some();
+    match (decision, published) {
+        (_, Some(published)) if starting => (published.clone(), replicas),
+        (Decision::Savepointing { plan, .. } | Decision::FallingBack { plan, .. }, _) => {
+            (plan.clone(), replicas)
+        }
+        // Done too: a spec change that waited for the rescale is the next operation.
+        (
+            Decision::ScalingUp(_)
+            | Decision::HandingOver(_)
+            | Decision::ScalingDown { .. }
+            | Decision::Abandoned
+            | Decision::Done,
+            Some(published),
+        ) => (published.clone(), replicas),
+        (Decision::Steady | Decision::Deferred { .. }, _) | (_, None) => {
+            let last_epoch = runnable
+                .status
+                .as_ref()
+                .and_then(|s| s.epoch)
+                .and_then(|e| u64::try_from(e).ok())
+                .unwrap_or(0)
+                .max(observed.newest_checkpoint_epoch());
+            let mut plan = next_plan(&PlanInput {
+                job: runnable,
+                namespace: &runnable.namespace().unwrap_or_default(),
+                previous: published,
+                last_epoch,
+                partitions,
+                pods: &observed.pods,
+            });
+            if let Some(Ok(manifest)) = &observed.restore_from {
+                plan.restore = savepoint::restore_entries(manifest, &observed.checkpoints);
+            }
+            (plan, replicas)
+        }
+    }
+}
+
+/// Applies the children of `runnable` running `plan` with `replicas` workers, and prunes
+/// stale children once per job generation.
+async fn apply_children(
+    job: &StreamJob,
+    runnable: &StreamJob,
+    replicas: i32,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let namespace = job.namespace().unwrap_or_default();
+    let owner = job.controller_owner_ref(&()).unwrap_or_default();
+    let children = desired::children(runnable, &namespace, replicas, plan, owner, &ctx.defaults)?;
+    apply::apply(&ctx.client, &ctx.children, &namespace, &children).await?;
+    let generation = (uid(job), job.metadata.generation.unwrap_or(0));
+    let needs_prune = !ctx
+        .pruned
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&generation);
+    if needs_prune {
+        let names = ChildNames::new(&job.name_any());
+        apply::prune(
+            &ctx.client,
+            &ctx.children,
+            &namespace,
+            &generation.0,
+            &names,
+            &children,
+        )
+        .await?;
+        ctx.pruned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(generation);
+    }
+    Ok(())
+}
+
 /// Keeps `spec.savepoints.retained` savepoints, sparing those a restore still needs: the
 /// published plan's and `restoreFrom`'s.
 async fn retain_savepoints(
     job: &StreamJob,
     observed: &observe::Observed,
-    plan: &streamjob_worker::plan::Plan,
+    plan: &Plan,
     savepoints: &mut Vec<streamjob_api::SavepointStatus>,
 ) -> Result<(), Error> {
     let retained = usize::try_from(job.spec.savepoints.retained).unwrap_or(1);
