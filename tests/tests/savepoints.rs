@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client,
-    api::{Patch, PatchParams},
+    api::{ListParams, Patch, PatchParams},
 };
 use object_store::ObjectStoreExt as _;
 use serde_json::{Value, json};
@@ -300,4 +301,68 @@ async fn requested_savepoints_are_kept_under_retention_and_a_new_job_restores_fr
         (finals(&all) == reference.finals).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_pod_template_rolls_out_only_after_an_upgrade_savepoint() {
+    let f = OperatorFixture::start("sp-template").await;
+    f.run_job(2).await;
+    let (client, n, scenario) = (f.client.clone(), f.ns(), &f.scenario);
+    let name = scenario.name.as_str();
+    let before = worker_ips(&client, n, name).await;
+
+    let events = generate(71, 300);
+    let reference = expected(&events);
+    let producer = producer(&scenario.bootstrap);
+    let rest = produce_first_half(scenario, &producer, &events).await;
+
+    kubectl_apply(
+        scenario,
+        &edited(scenario, n, |spec| {
+            spec["resources"] = json!({ "requests": { "cpu": "10m" } });
+        }),
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), n);
+    let params = ListParams::default().labels(&format!("streamjob.dev/job={name}"));
+    let rolled = wait_for("the pods replaced", STEP_TIMEOUT, || async {
+        let items = pods.list(&params).await.ok()?.items;
+        let replaced = items.len() == 2
+            && items
+                .iter()
+                .all(|p| !before.contains_key(p.metadata.name.as_deref().unwrap_or_default()));
+        replaced.then_some(items)
+    })
+    .await;
+    let job = await_settled(&client, n, name, "the job ready on the new pods", |_| true).await;
+    let savepoint = job
+        .status
+        .as_ref()
+        .unwrap()
+        .savepoints
+        .iter()
+        .find(|s| s.reason == "upgrade")
+        .expect("an upgrade savepoint was taken")
+        .clone();
+    for pod in &rolled {
+        let created = pod.metadata.creation_timestamp.as_ref().unwrap();
+        assert!(
+            // creationTimestamp has whole seconds.
+            savepoint.time.0.as_second() <= created.0.as_second(),
+            "savepoint {} ({}) exists before pod {} was created ({})",
+            savepoint.name,
+            savepoint.time.0,
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            created.0
+        );
+        let resources = pod.spec.as_ref().unwrap().containers[0].resources.clone();
+        assert_eq!(
+            resources
+                .and_then(|r| r.requests)
+                .map(|r| r["cpu"].0.clone()),
+            Some("10m".to_owned())
+        );
+    }
+
+    produce(&producer, &scenario.input, rest);
+    scenario.await_results(&reference, RESULTS_TIMEOUT).await;
 }

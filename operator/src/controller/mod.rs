@@ -414,7 +414,13 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 _ => {}
             }
             retain_savepoints(job, &observed, &plan, &mut savepoints).await?;
-            apply_children(job, &runnable, replicas, &plan, ctx).await?;
+            // While a savepoint is taken, the pods keep the template they run: a changed
+            // image or resources roll out once the savepoint exists.
+            let mut template = runnable.clone();
+            if let (Some(_), Some(published)) = (decision.status(), &observed.plan) {
+                template.spec = rescale::with_pod_template_of(&runnable.spec, &published.spec);
+            }
+            apply_children(job, &template, replicas, &plan, ctx).await?;
             (Some(plan), decision.status().cloned())
         }
         // Nothing can be planned: the rescale in flight, if any, waits where it is.
@@ -485,12 +491,20 @@ fn plan_for(
     // savepoint that status does not know of would never be verified.
     let starting =
         runnable.status.as_ref().is_none_or(|s| s.rescale.is_none()) && decision.status().is_some();
+    // After an upgrade the whole new spec is published (a changed pod template rolls out
+    // now); after a rescale a spec change that waited is the next operation.
+    let upgraded = matches!(decision, Decision::Done)
+        && runnable
+            .status
+            .as_ref()
+            .and_then(|s| s.rescale.as_ref())
+            .is_some_and(|r| r.reason == Operation::Upgrade.name());
     match (decision, published) {
         (_, Some(published)) if starting => (published.clone(), replicas),
+        (Decision::Done, _) if upgraded => steady_plan(runnable, partitions, observed, replicas),
         (Decision::Savepointing { plan, .. } | Decision::FallingBack { plan, .. }, _) => {
             (plan.clone(), replicas)
         }
-        // Done too: a spec change that waited for the rescale is the next operation.
         (
             Decision::ScalingUp(_)
             | Decision::HandingOver(_)
@@ -500,27 +514,37 @@ fn plan_for(
             Some(published),
         ) => (published.clone(), replicas),
         (Decision::Steady | Decision::Deferred { .. }, _) | (_, None) => {
-            let last_epoch = runnable
-                .status
-                .as_ref()
-                .and_then(|s| s.epoch)
-                .and_then(|e| u64::try_from(e).ok())
-                .unwrap_or(0)
-                .max(observed.newest_checkpoint_epoch());
-            let mut plan = next_plan(&PlanInput {
-                job: runnable,
-                namespace: &runnable.namespace().unwrap_or_default(),
-                previous: published,
-                last_epoch,
-                partitions,
-                pods: &observed.pods,
-            });
-            if let Some(Ok(manifest)) = &observed.restore_from {
-                plan.restore = savepoint::restore_entries(manifest, &observed.checkpoints);
-            }
-            (plan, replicas)
+            steady_plan(runnable, partitions, observed, replicas)
         }
     }
+}
+
+/// The plan that follows the pods (no operation in flight), with `restoreFrom` entries.
+fn steady_plan(
+    runnable: &StreamJob,
+    partitions: i32,
+    observed: &observe::Observed,
+    replicas: i32,
+) -> (Plan, i32) {
+    let last_epoch = runnable
+        .status
+        .as_ref()
+        .and_then(|s| s.epoch)
+        .and_then(|e| u64::try_from(e).ok())
+        .unwrap_or(0)
+        .max(observed.newest_checkpoint_epoch());
+    let mut plan = next_plan(&PlanInput {
+        job: runnable,
+        namespace: &runnable.namespace().unwrap_or_default(),
+        previous: observed.plan.as_ref(),
+        last_epoch,
+        partitions,
+        pods: &observed.pods,
+    });
+    if let Some(Ok(manifest)) = &observed.restore_from {
+        plan.restore = savepoint::restore_entries(manifest, &observed.checkpoints);
+    }
+    (plan, replicas)
 }
 
 /// Applies the children of `runnable` running `plan` with `replicas` workers, and prunes

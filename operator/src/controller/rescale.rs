@@ -146,6 +146,30 @@ impl Operation {
     }
 }
 
+/// Whether two specs give the workers the same pod template (image, resources, Secrets).
+pub fn same_pod_template(a: &StreamJobSpec, b: &StreamJobSpec) -> bool {
+    a.image == b.image
+        && a.resources == b.resources
+        && a.source.kafka.secret_ref == b.source.kafka.secret_ref
+        && a.checkpoint.secret_ref == b.checkpoint.secret_ref
+}
+
+/// `spec` with the pod template of `running`: while a savepoint is taken, the worker
+/// Deployment does not roll.
+pub fn with_pod_template_of(spec: &StreamJobSpec, running: &StreamJobSpec) -> StreamJobSpec {
+    let mut held = spec.clone();
+    held.image.clone_from(&running.image);
+    held.resources.clone_from(&running.resources);
+    held.source
+        .kafka
+        .secret_ref
+        .clone_from(&running.source.kafka.secret_ref);
+    held.checkpoint
+        .secret_ref
+        .clone_from(&running.checkpoint.secret_ref);
+    held
+}
+
 /// The savepoint id of the rescale that moves to `epoch`.
 pub fn savepoint_id(epoch: u64) -> String {
     format!("e{epoch}-rescale")
@@ -202,7 +226,9 @@ fn start(input: &RescaleInput<'_>, live: usize) -> Decision {
     let epoch = input.plan.epoch + 1;
     let (operation, savepoint) = if owners != input.target {
         (Operation::Rescale, savepoint_id(epoch))
-    } else if !same_processing(&input.plan.spec, input.spec) {
+    } else if !same_processing(&input.plan.spec, input.spec)
+        || !same_pod_template(&input.plan.spec, input.spec)
+    {
         (Operation::Upgrade, format!("e{epoch}-upgrade"))
     } else if let Some(name) = input.request {
         (Operation::User, name.to_owned())
@@ -352,8 +378,10 @@ fn handover_plan(input: &RescaleInput<'_>, current: &RescaleStatus) -> Plan {
     Plan {
         job: input.plan.job.clone(),
         epoch: u64::try_from(current.epoch).unwrap_or(0),
+        // An upgrade runs the new processing at once; the pods keep their template until the
+        // savepoint exists (the plan that follows the operation brings it).
         spec: if upgrade {
-            input.spec.clone()
+            with_pod_template_of(input.spec, &input.plan.spec)
         } else {
             input.plan.spec.clone()
         },
@@ -806,5 +834,34 @@ mod tests {
             Decision::Steady,
             "a job still starting"
         );
+    }
+    #[test]
+    fn a_new_image_takes_an_upgrade_savepoint_while_the_pods_keep_theirs() {
+        let running = two_workers();
+        let mut wanted = running.spec.clone();
+        wanted.image = Some("streamjob:2".into());
+        let decision = next_step(&RescaleInput {
+            target: 2,
+            current: None,
+            plan: &running,
+            spec: &wanted,
+            request: None,
+            pods: &live(&["a", "b"]),
+            partitions: 4,
+            parts: &BTreeSet::new(),
+            now: t(0),
+            part_timeout: jiff::SignedDuration::from_secs(60),
+        });
+        let Decision::Savepointing { status, plan, .. } = decision else {
+            panic!("expected Savepointing, got {decision:?}");
+        };
+        assert_eq!(status.reason, "upgrade");
+        assert_eq!(status.savepoint, "e4-upgrade");
+        assert_eq!(plan.assignment, running.assignment, "nothing moves");
+        assert_eq!(
+            plan.spec.image, None,
+            "the pods keep their image until it exists"
+        );
+        assert!(same_pod_template(&plan.spec, &running.spec));
     }
 }
