@@ -206,6 +206,29 @@ pub async fn wait_for_condition(
     .await
 }
 
+/// Whether the job's status describes its current generation, no operation (rescale,
+/// upgrade, savepoint) is in flight, and it is Ready.
+pub fn settled(job: &StreamJob) -> bool {
+    job.status.as_ref().is_some_and(|status| {
+        status.observed_generation == job.metadata.generation
+            && status.rescale.is_none()
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// The value of `series` in the metrics of the worker pod at `ip`.
+pub fn worker_metric(ip: &str, series: &str) -> Option<f64> {
+    metric_value(&worker_metrics(ip)?, series)
+}
+
+/// The metrics exposition of the worker pod at `ip` (its `STREAMJOB_METRICS_ADDR` port).
+pub fn worker_metrics(ip: &str) -> Option<String> {
+    crate::worker::http_get_from(ip, 9090, "/metrics")
+}
+
 /// The job's current state.
 pub async fn get_job(client: &Client, namespace: &str, name: &str) -> StreamJob {
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);

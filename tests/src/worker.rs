@@ -357,6 +357,15 @@ pub fn s3_store() -> object_store::aws::AmazonS3 {
         .expect("the stack's S3 settings are valid")
 }
 
+/// The object path in the test bucket of an `s3://bucket/path` URL.
+pub fn s3_path_of(url: &str) -> object_store::path::Path {
+    let (_, rest) = url.split_once("://").expect("a URL with a scheme");
+    let (_, path) = rest
+        .split_once('/')
+        .expect("a URL with a path after the bucket");
+    path.into()
+}
+
 /// Every object under `prefix`.
 pub async fn list_objects(
     store: &object_store::aws::AmazonS3,

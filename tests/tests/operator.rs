@@ -22,12 +22,12 @@ use streamjob_tests::{
     operator::{
         Operator, OperatorFixture, condition, create_s3_secret, get_job, job_manifest,
         kubectl_apply, plan_of, produce_first_half, signal_process, wait_for_condition,
-        worker_process,
+        worker_metric, worker_process,
     },
     run, run_ok,
     scenario::{Scenario, assert_only_reference_emissions, expected, generate},
     temp_namespace, wait_for,
-    worker::{http_get_from, metric_value, produce, producer},
+    worker::{produce, producer},
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -549,9 +549,7 @@ async fn a_pipeline_change_reaches_the_running_workers_without_new_pods() {
             let items = pods.list(&params).await.ok()?.items;
             let restarted = items.iter().all(|pod| {
                 let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-                let metrics = ip.and_then(|ip| http_get_from(&ip, 9090, "/metrics"));
-                metrics
-                    .and_then(|m| metric_value(&m, "streamjob_runs_total"))
+                ip.and_then(|ip| worker_metric(&ip, "streamjob_runs_total"))
                     .is_some_and(|runs| runs >= 2.0)
             });
             (items.len() == 2 && restarted).then_some(())

@@ -25,13 +25,13 @@ use streamjob_operator::api::{RescaleStep, StreamJob};
 use streamjob_tests::{
     operator::{
         OperatorFixture, get_job, job_manifest, kubectl_apply, produce_first_half, published_plan,
-        signal_process, worker_ips, worker_process,
+        settled, signal_process, worker_ips, worker_metric, worker_process,
     },
     reference::Event,
     run_ok,
     scenario::{Scenario, expected, generate},
     wait_for,
-    worker::{http_get_from, interleaved, metric_value, produce, producer, s3_store},
+    worker::{interleaved, produce, producer, s3_path_of, s3_store},
 };
 use streamjob_worker::plan::Plan;
 
@@ -102,14 +102,9 @@ async fn await_rescaled(
         || async {
             let found = jobs.get(job).await.ok()?;
             let status = found.status.as_ref()?;
-            let done = status.observed_generation == found.metadata.generation
-                && status.rescale.is_none()
+            let done = settled(&found)
                 && status.parallelism == Some(parallelism)
-                && status.epoch.is_some_and(|e| e > after)
-                && status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                && status.epoch.is_some_and(|e| e > after);
             done.then_some(found)
         },
     )
@@ -118,10 +113,6 @@ async fn await_rescaled(
 
 fn epoch_of(job: &StreamJob) -> i64 {
     job.status.as_ref().and_then(|s| s.epoch).unwrap()
-}
-
-fn worker_metric(ip: &str, series: &str) -> Option<f64> {
-    metric_value(&http_get_from(ip, 9090, "/metrics")?, series)
 }
 
 /// Asserts that savepoint `id` is in the job's history and its manifest is in storage.
@@ -133,13 +124,7 @@ async fn assert_savepoint_recorded(job: &StreamJob, id: &str) {
         .find(|s| s.name == id)
         .unwrap_or_else(|| panic!("savepoint {id} in status: {:?}", status.savepoints));
     assert_eq!(entry.reason, "rescale");
-    let path = entry
-        .url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .unwrap()
-        .1;
-    let manifest = s3_store().head(&path.into()).await;
+    let manifest = s3_store().head(&s3_path_of(&entry.url)).await;
     assert!(
         manifest.is_ok(),
         "manifest {} exists: {manifest:?}",

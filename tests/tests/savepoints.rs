@@ -17,11 +17,11 @@ use streamjob_operator::api::StreamJob;
 use streamjob_tests::{
     operator::{
         OperatorFixture, condition, get_job, job_manifest, kubectl_apply, produce_first_half,
-        published_plan, wait_for_condition, worker_ips,
+        published_plan, settled, wait_for_condition, worker_ips, worker_metric,
     },
     scenario::{Scenario, expected, finals, generate},
     wait_for,
-    worker::{create_topic, http_get_from, metric_value, produce, producer, read_topic, s3_store},
+    worker::{create_topic, produce, producer, read_topic, s3_path_of, s3_store},
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -40,14 +40,7 @@ async fn await_settled(
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), namespace);
     wait_for(what, STEP_TIMEOUT, || async {
         let found = jobs.get(job).await.ok()?;
-        let status = found.status.as_ref()?;
-        let settled = status.observed_generation == found.metadata.generation
-            && status.rescale.is_none()
-            && status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
-        (settled && done(&found)).then_some(found)
+        (settled(&found) && done(&found)).then_some(found)
     })
     .await
 }
@@ -76,12 +69,7 @@ fn savepoint_url(job: &StreamJob, name: &str) -> String {
 
 /// Whether the object at `url` (in the test bucket) exists.
 async fn exists(url: &str) -> bool {
-    let path = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.split_once('/'))
-        .unwrap()
-        .1;
-    s3_store().head(&path.into()).await.is_ok()
+    s3_store().head(&s3_path_of(url)).await.is_ok()
 }
 
 /// Sum of `series` over the job's worker pods.
@@ -89,7 +77,7 @@ async fn pods_metric(client: &Client, namespace: &str, job: &str, series: &str) 
     worker_ips(client, namespace, job)
         .await
         .values()
-        .filter_map(|ip| metric_value(&http_get_from(ip, 9090, "/metrics")?, series))
+        .filter_map(|ip| worker_metric(ip, series))
         .sum()
 }
 

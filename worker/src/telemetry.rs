@@ -14,9 +14,14 @@ use crate::snapshot::SnapshotId;
 mod handover;
 
 pub use handover::{
-    HandoverStarted, PartitionReleased, PartitionRunning, RestoreFailed, SavepointPartAwaited,
-    SavepointPartWritten,
+    HandoverApplied, HandoverStarted, PartitionReleased, PartitionRunning, RestoreFailed,
+    SavepointPartAwaited, SavepointPartWritten, SavepointPartsRequested,
 };
+
+/// `duration` in whole milliseconds, for log fields.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Labels of per-partition series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -345,7 +350,7 @@ impl Event for CheckpointCompleted {
             epoch = self.id.epoch,
             offset = self.id.next_offset,
             bytes = self.bytes,
-            millis = self.duration.as_millis() as u64,
+            millis = millis(self.duration),
             "checkpoint completed"
         );
         let m = Metrics::global();
@@ -381,7 +386,7 @@ impl Event for CheckpointFailed<'_> {
                 partition = self.partition,
                 attempt = self.attempt,
                 error = self.error,
-                retry_in_ms = self.retry_in.as_millis() as u64,
+                retry_in_ms = millis(self.retry_in),
                 "checkpoint write failed; processing continues and the write is retried"
             ),
             Some(savepoint) => tracing::warn!(
@@ -389,7 +394,7 @@ impl Event for CheckpointFailed<'_> {
                 %savepoint,
                 attempt = self.attempt,
                 error = self.error,
-                retry_in_ms = self.retry_in.as_millis() as u64,
+                retry_in_ms = millis(self.retry_in),
                 "savepoint part write failed; it is retried"
             ),
         }

@@ -467,6 +467,18 @@ mod tests {
         }
     }
 
+    /// Two owners asked to become four, while only a third pod exists.
+    fn two_to_four_with_three_pods() -> Case {
+        Case {
+            target: 4,
+            current: None,
+            plan: two_workers(),
+            pods: live(&["a", "b", "c"]),
+            parts: BTreeSet::new(),
+            now: t(0),
+        }
+    }
+
     fn two_workers() -> Plan {
         plan(3, &[("a", &[0, 1]), ("b", &[2, 3])])
     }
@@ -492,14 +504,7 @@ mod tests {
 
     #[test]
     fn scaling_up_waits_for_the_new_pods_with_the_plan_unchanged() {
-        let case = Case {
-            target: 4,
-            current: None,
-            plan: two_workers(),
-            pods: live(&["a", "b", "c"]),
-            parts: BTreeSet::new(),
-            now: t(0),
-        };
+        let case = two_to_four_with_three_pods();
         let Decision::ScalingUp(status) = case.step() else {
             panic!("expected ScalingUp, got {:?}", case.step());
         };
@@ -510,14 +515,7 @@ mod tests {
 
     #[test]
     fn with_every_pod_there_the_handover_plan_moves_only_what_balance_needs() {
-        let scaling_up = Case {
-            target: 4,
-            current: None,
-            plan: two_workers(),
-            pods: live(&["a", "b", "c"]),
-            parts: BTreeSet::new(),
-            now: t(0),
-        };
+        let scaling_up = two_to_four_with_three_pods();
         let Decision::ScalingUp(status) = scaling_up.step() else {
             panic!("expected ScalingUp");
         };

@@ -159,22 +159,27 @@ pub async fn retain(
         }
     }
     for id in &doomed {
-        let store = &storage.storage.store;
-        match store.delete(&storage.paths.savepoint_manifest(id)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(error) => return Err(error),
-        }
+        let store = storage.storage.store.as_ref();
+        delete_if_present(store, &storage.paths.savepoint_manifest(id)).await?;
         let dir = storage.paths.savepoint_dir(id);
         let parts: Vec<_> = store.list(Some(&dir)).try_collect().await?;
         for part in parts {
-            match store.delete(&part.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(error) => return Err(error),
-            }
+            delete_if_present(store, &part.location).await?;
         }
         history.retain(|s| &s.name != id);
     }
     Ok(doomed)
+}
+
+/// Deletes the object at `path`; one already gone is no error.
+async fn delete_if_present(
+    store: &dyn object_store::ObjectStore,
+    path: &object_store::path::Path,
+) -> Result<(), object_store::Error> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
 }
 
 /// The manifest of the savepoint at `url` (its directory or its `manifest.json`), read

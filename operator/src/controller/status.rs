@@ -568,6 +568,24 @@ mod tests {
         test_plan(3, assignment)
     }
 
+    /// The input of a job with no operation in flight and no savepoints, at `now()`.
+    fn input<'a>(
+        job: &'a StreamJob,
+        observed: &'a Observed,
+        plan: Option<&'a Plan>,
+    ) -> StatusInput<'a> {
+        StatusInput {
+            job,
+            observed,
+            plan,
+            blocker: None,
+            rescale: None,
+            savepoints: &[],
+            savepoint_request: None,
+            now: now(),
+        }
+    }
+
     fn condition<'a>(status: &'a StreamJobStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
@@ -585,16 +603,7 @@ mod tests {
             pod("b", true, PodLifecycle::Live),
         ]);
         let plan = plan(&[("a", &[0]), ("b", &[1])]);
-        let status = status(&StatusInput {
-            job: &job,
-            observed: &observed,
-            plan: Some(&plan),
-            blocker: None,
-            rescale: None,
-            savepoints: &[],
-            savepoint_request: None,
-            now: now(),
-        });
+        let status = status(&input(&job, &observed, Some(&plan)));
         assert_eq!(status.phase, Some(Phase::Running));
         assert_eq!(status.observed_generation, Some(4));
         let ready = condition(&status, "Ready");
@@ -622,16 +631,7 @@ mod tests {
             pod("b", true, PodLifecycle::Live),
         ]);
         let plan = plan(&[("a", &[0]), ("b", &[1])]);
-        let status = status(&StatusInput {
-            job: &job,
-            observed: &observed,
-            plan: Some(&plan),
-            blocker: None,
-            rescale: None,
-            savepoints: &[],
-            savepoint_request: None,
-            now: now(),
-        });
+        let status = status(&input(&job, &observed, Some(&plan)));
         let ready = condition(&status, "Ready");
         assert_eq!(ready.status, "True");
         assert_eq!(
@@ -648,16 +648,7 @@ mod tests {
             pod("b", false, PodLifecycle::Live),
         ]);
         let plan = plan(&[("a", &[0]), ("b", &[1])]);
-        let status = status(&StatusInput {
-            job: &job,
-            observed: &observed,
-            plan: Some(&plan),
-            blocker: None,
-            rescale: None,
-            savepoints: &[],
-            savepoint_request: None,
-            now: now(),
-        });
+        let status = status(&input(&job, &observed, Some(&plan)));
         assert_eq!(status.phase, Some(Phase::Pending));
         let reconciling = condition(&status, "Reconciling");
         assert_eq!(reconciling.status, "True");
@@ -672,14 +663,8 @@ mod tests {
         let observed = observed(vec![]);
         let blocker = Blocker::new("InvalidPipeline", "spec.pipeline[0]: bad");
         let status = status(&StatusInput {
-            job: &job,
-            observed: &observed,
-            plan: None,
             blocker: Some(&blocker),
-            rescale: None,
-            savepoints: &[],
-            savepoint_request: None,
-            now: now(),
+            ..input(&job, &observed, None)
         });
         assert_eq!(status.phase, Some(Phase::Failed));
         let stalled = condition(&status, "Stalled");
@@ -697,31 +682,13 @@ mod tests {
     fn a_suspended_job_is_ready_once_its_workers_are_gone() {
         let job = StreamJob::test("clicks").state(JobState::Suspended);
         let stopping = observed(vec![pod("a", true, PodLifecycle::Terminating)]);
-        let status_stopping = status(&StatusInput {
-            job: &job,
-            observed: &stopping,
-            plan: None,
-            blocker: None,
-            rescale: None,
-            savepoints: &[],
-            savepoint_request: None,
-            now: now(),
-        });
+        let status_stopping = status(&input(&job, &stopping, None));
         assert_eq!(
             condition(&status_stopping, "Reconciling").reason,
             "Suspending"
         );
         let stopped = observed(vec![]);
-        let status_stopped = status(&StatusInput {
-            job: &job,
-            observed: &stopped,
-            plan: None,
-            blocker: None,
-            rescale: None,
-            savepoints: &[],
-            savepoint_request: None,
-            now: now(),
-        });
+        let status_stopped = status(&input(&job, &stopped, None));
         assert_eq!(status_stopped.phase, Some(Phase::Suspended));
         assert_eq!(condition(&status_stopped, "Ready").status, "True");
     }
@@ -731,21 +698,15 @@ mod tests {
         let mut job = StreamJob::test("clicks");
         let observed = observed(vec![pod("a", true, PodLifecycle::Live)]);
         let plan = plan(&[("a", &[0, 1])]);
-        let input = |job: &StreamJob, now| {
+        let status_at = |job: &StreamJob, now| {
             status(&StatusInput {
-                job,
-                observed: &observed,
-                plan: Some(&plan),
-                blocker: None,
-                rescale: None,
-                savepoints: &[],
-                savepoint_request: None,
                 now,
+                ..input(job, &observed, Some(&plan))
             })
         };
-        let first = input(&job, now());
+        let first = status_at(&job, now());
         job.status = Some(first.clone());
-        let later = input(&job, now() + jiff::SignedDuration::from_secs(60));
+        let later = status_at(&job, now() + jiff::SignedDuration::from_secs(60));
         assert_eq!(
             condition(&later, "Ready").last_transition_time,
             condition(&first, "Ready").last_transition_time

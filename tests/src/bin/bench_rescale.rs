@@ -23,10 +23,11 @@ use streamjob_operator::api::{RescaleStep, StreamJob};
 use streamjob_tests::{
     ensure_crd, kube_client,
     operator::{
-        Operator, create_s3_secret, kubectl_apply_in, published_plan, worker_ips, worker_runner,
+        Operator, create_s3_secret, kubectl_apply_in, published_plan, settled, worker_ips,
+        worker_metrics, worker_runner,
     },
     run_ok, stack_env, temp_namespace, unique_name, wait_for,
-    worker::{create_topic, http_get_from, metric_value, producer},
+    worker::{create_topic, metric_value, producer},
 };
 use streamjob_worker::plan::Plan;
 
@@ -179,13 +180,7 @@ async fn main() {
         if pods_up.is_none() && step.is_some_and(|s| s != RescaleStep::ScalingUp) {
             pods_up = Some(Instant::now());
         }
-        let done = status.observed_generation == job.metadata.generation
-            && status.rescale.is_none()
-            && status.parallelism == Some(8)
-            && status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True");
+        let done = settled(&job) && status.parallelism == Some(8);
         if done {
             break job;
         }
@@ -405,14 +400,7 @@ async fn await_ready(jobs: &Api<StreamJob>, name: &str, parallelism: i32) -> Str
         Duration::from_secs(600),
         || async {
             let job = jobs.get(name).await.ok()?;
-            let status = job.status.as_ref()?;
-            let ready = status.observed_generation == job.metadata.generation
-                && status.rescale.is_none()
-                && status.parallelism == Some(parallelism)
-                && status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
+            let ready = settled(&job) && job.status.as_ref()?.parallelism == Some(parallelism);
             ready.then_some(job)
         },
     )
@@ -423,7 +411,7 @@ async fn await_ready(jobs: &Api<StreamJob>, name: &str, parallelism: i32) -> Str
 async fn processed_offsets(client: &Client, ns: &str, job: &str) -> BTreeMap<i32, f64> {
     let mut offsets = BTreeMap::new();
     for ip in worker_ips(client, ns, job).await.values() {
-        let Some(text) = http_get_from(ip, 9090, "/metrics") else {
+        let Some(text) = worker_metrics(ip) else {
             continue;
         };
         for p in 0..PARTITIONS {

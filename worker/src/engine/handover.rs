@@ -21,7 +21,10 @@ use crate::{
     plan::{Plan, RestoreSource},
     plan_change::Handover,
     snapshot::SnapshotId,
-    telemetry::{Event, Metrics, PartitionReleased, PartitionRunning, RecordsProcessed},
+    telemetry::{
+        Event, HandoverApplied, Metrics, PartitionReleased, PartitionRunning, RecordsProcessed,
+        SavepointPartsRequested,
+    },
     uploader::{SnapshotTarget, UploadDone},
 };
 
@@ -99,12 +102,12 @@ impl ProcessLoop {
         let epoch = plan.epoch;
         self.adopt_plan(plan, &handover)?;
         // The kept partitions processed nothing meanwhile: their whole pause.
-        tracing::info!(
+        HandoverApplied {
             epoch,
-            kept = ?handover.keep,
-            paused_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            "handover applied; kept partitions run on"
-        );
+            kept: &handover.keep,
+            paused: started.elapsed(),
+        }
+        .emit();
         Ok(())
     }
 
@@ -156,12 +159,12 @@ impl ProcessLoop {
         self.flush_for_handover()?;
         let flushed = started.elapsed();
         let savepoint = self.request_parts(id, epoch, lose);
-        tracing::info!(
-            savepoint = id,
-            flush_ms = u64::try_from(flushed.as_millis()).unwrap_or(u64::MAX),
-            copy_ms = u64::try_from((started.elapsed() - flushed).as_millis()).unwrap_or(u64::MAX),
-            "savepoint parts requested"
-        );
+        SavepointPartsRequested {
+            savepoint: id,
+            flush: flushed,
+            copy: started.elapsed() - flushed,
+        }
+        .emit();
         Ok(savepoint)
     }
 

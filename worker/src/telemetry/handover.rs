@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{Event, Metrics};
+use super::{Event, Metrics, millis};
 use crate::snapshot::SnapshotId;
 
 /// A new plan is applied to the running engine without restarting it.
@@ -40,6 +40,49 @@ impl Event for HandoverStarted<'_> {
     }
 }
 
+/// A new plan is applied to the running engine: how long its loop spent on it, so how long
+/// the partitions it keeps processed nothing.
+pub struct HandoverApplied<'a> {
+    /// The plan's epoch.
+    pub epoch: u64,
+    /// Partitions that keep running.
+    pub kept: &'a [i32],
+    /// Time the loop spent applying the plan.
+    pub paused: Duration,
+}
+
+impl Event for HandoverApplied<'_> {
+    fn emit(self) {
+        tracing::info!(
+            epoch = self.epoch,
+            kept = ?self.kept,
+            paused_ms = millis(self.paused),
+            "handover applied; kept partitions run on"
+        );
+    }
+}
+
+/// The running partitions' states are handed to the uploader as parts of a savepoint.
+pub struct SavepointPartsRequested<'a> {
+    /// The savepoint.
+    pub savepoint: &'a str,
+    /// Time spent waiting until every output so far was acknowledged.
+    pub flush: Duration,
+    /// Time spent copying the states of the partitions that keep running.
+    pub copy: Duration,
+}
+
+impl Event for SavepointPartsRequested<'_> {
+    fn emit(self) {
+        tracing::info!(
+            savepoint = self.savepoint,
+            flush_ms = millis(self.flush),
+            copy_ms = millis(self.copy),
+            "savepoint parts requested"
+        );
+    }
+}
+
 /// A partition's part of a savepoint is durable.
 pub struct SavepointPartWritten<'a> {
     /// The savepoint.
@@ -62,7 +105,7 @@ impl Event for SavepointPartWritten<'_> {
             epoch = self.id.epoch,
             offset = self.id.next_offset,
             bytes = self.bytes,
-            millis = u64::try_from(self.duration.as_millis()).unwrap_or(u64::MAX),
+            millis = millis(self.duration),
             "savepoint part written"
         );
         Metrics::global().savepoint_parts.inc();
@@ -109,7 +152,7 @@ impl Event for RestoreFailed<'_> {
             partition = self.partition,
             attempt = self.attempt,
             error = self.error,
-            retry_in_ms = u64::try_from(self.retry_in.as_millis()).unwrap_or(u64::MAX),
+            retry_in_ms = millis(self.retry_in),
             "restoring the partition failed; retrying"
         );
     }
