@@ -642,6 +642,11 @@ fn rescale_step(
         return Decision::Steady;
     };
     let parts = observed.parts.keys().copied().collect();
+    let checkpoint_epochs = observed
+        .checkpoints
+        .iter()
+        .map(|(partition, checkpoint)| (*partition, checkpoint.epoch))
+        .collect();
     let status = job.status.as_ref();
     let request = spec.savepoints.request.as_deref().filter(|name| {
         status.is_none_or(|s| {
@@ -658,6 +663,7 @@ fn rescale_step(
         pods: &observed.pods,
         partitions,
         parts: &parts,
+        checkpoint_epochs: &checkpoint_epochs,
         now,
         part_timeout: ctx.savepoint_timeout,
     })

@@ -38,6 +38,8 @@ pub struct RescaleInput<'a> {
     pub partitions: i32,
     /// Partitions whose part of the rescale's savepoint is in storage.
     pub parts: &'a BTreeSet<i32>,
+    /// The epoch of each partition's newest checkpoint in storage.
+    pub checkpoint_epochs: &'a BTreeMap<i32, u64>,
     /// Now.
     pub now: jiff::Timestamp,
     /// How long workers get to write their savepoint parts.
@@ -334,7 +336,18 @@ fn handing_over(input: &RescaleInput<'_>, current: &RescaleStatus) -> Decision {
     if owner_lost(input) {
         return Decision::Done;
     }
-    if !owners(input).all(|pod| pod.is_some_and(WorkerPod::serves)) {
+    // A pod's Ready condition lags its worker (probes run periodically): a pod that has just
+    // restarted its run can still look ready. A partition restored under the handover writes
+    // a checkpoint of that epoch (its fence) before it runs, which storage shows for sure.
+    let handover_epoch =
+        u64::try_from(current.epoch).unwrap_or(u64::MAX) - u64::from(!current.fallback.is_empty());
+    let restored = input.plan.restore.keys().all(|partition| {
+        input
+            .checkpoint_epochs
+            .get(partition)
+            .is_some_and(|epoch| *epoch >= handover_epoch)
+    });
+    if !restored || !owners(input).all(|pod| pod.is_some_and(WorkerPod::serves)) {
         return Decision::HandingOver(current.clone());
     }
     if current.to < current.from {
@@ -447,6 +460,7 @@ mod tests {
         plan: Plan,
         pods: Vec<WorkerPod>,
         parts: BTreeSet<i32>,
+        checkpoint_epochs: BTreeMap<i32, u64>,
         now: jiff::Timestamp,
     }
 
@@ -461,6 +475,7 @@ mod tests {
                 pods: &self.pods,
                 partitions: 4,
                 parts: &self.parts,
+                checkpoint_epochs: &self.checkpoint_epochs,
                 now: self.now,
                 part_timeout: jiff::SignedDuration::from_secs(60),
             })
@@ -475,6 +490,7 @@ mod tests {
             plan: two_workers(),
             pods: live(&["a", "b", "c"]),
             parts: BTreeSet::new(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(0),
         }
     }
@@ -491,6 +507,7 @@ mod tests {
             plan: two_workers(),
             pods: live(&["a", "b"]),
             parts: BTreeSet::new(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(0),
         };
         assert_eq!(case.step(), Decision::Steady);
@@ -565,6 +582,7 @@ mod tests {
             plan: handover,
             pods: live(&["a", "b", "c", "d"]),
             parts: (0..4).collect(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(3),
         };
         let Decision::HandingOver(next) = case.step() else {
@@ -613,6 +631,7 @@ mod tests {
             plan: handover,
             pods: live(&["a", "b", "c", "d"]),
             parts: BTreeSet::from([0, 1, 2]),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(30),
         };
         assert!(
@@ -650,6 +669,7 @@ mod tests {
             plan: current,
             pods: live(&["a", "b", "c"]),
             parts: BTreeSet::new(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(0),
         };
         let step = case.step();
@@ -678,7 +698,17 @@ mod tests {
             plan,
             pods: live(&["a", "b", "c"]),
             parts: (0..4).collect(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(5),
+        };
+        assert!(
+            matches!(handing_over.step(), Decision::HandingOver(_)),
+            "ready pods whose moved partitions have no checkpoint of the handover epoch yet \
+             may not have restored them"
+        );
+        let handing_over = Case {
+            checkpoint_epochs: (0..4).map(|p| (p, handing_over.plan.epoch)).collect(),
+            ..handing_over
         };
         let Decision::ScalingDown { remove, status } = handing_over.step() else {
             panic!("expected ScalingDown");
@@ -724,6 +754,7 @@ mod tests {
             plan: two_workers(),
             pods: live(&["a", "b", "c"]),
             parts: BTreeSet::new(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(5),
         };
         assert_eq!(case.step(), Decision::Abandoned);
@@ -738,6 +769,7 @@ mod tests {
             plan: two_workers(),
             pods: live(&["a", "b", "c", "d"]),
             parts: BTreeSet::new(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(100),
         };
         // The pods took 100 s to come; the workers still get the whole timeout.
@@ -770,6 +802,7 @@ mod tests {
             plan: handover,
             pods,
             parts: (0..4).collect(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(5),
         };
         assert_eq!(case.step(), Decision::Done);
@@ -797,6 +830,7 @@ mod tests {
             plan: two_workers(),
             pods,
             parts: BTreeSet::new(),
+            checkpoint_epochs: BTreeMap::new(),
             now: t(0),
         };
         assert_eq!(
@@ -847,6 +881,7 @@ mod tests {
             pods: &live(&["a", "b"]),
             partitions: 4,
             parts: &BTreeSet::new(),
+            checkpoint_epochs: &BTreeMap::new(),
             now: t(0),
             part_timeout: jiff::SignedDuration::from_secs(60),
         });
