@@ -46,7 +46,7 @@ async fn savepoint_parts(job: &TwoWorkerJob, id: &str) -> BTreeMap<i32, Snapshot
     let mut parts = BTreeMap::new();
     for location in list_objects(&store, &paths.savepoint_dir(id)).await {
         let bytes = store.get(&location).await.unwrap().bytes().await.unwrap();
-        let (header, _) = snapshot::decode(&bytes).unwrap();
+        let header = snapshot::decode(&bytes).unwrap().header;
         assert_eq!(
             location,
             paths.savepoint_part(id, header.partition),

@@ -36,8 +36,8 @@ use streamjob_worker::{
     checkpoint::CheckpointStore,
     kafka::{self, SourceConsumer},
     paths::JobPaths,
-    pipeline::{InputRecord, Outputs, Pipeline, RecordStats},
-    snapshot::{SnapshotHeader, SnapshotId},
+    pipeline::{InputRecord, Outputs, PartitionState, Pipeline, RecordStats},
+    snapshot::{SnapshotHeader, SnapshotId, StateEncoding},
     storage::Storage,
 };
 
@@ -445,10 +445,29 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Builds a window state of about `mb` MB (serialized) and times one checkpoint of it to S3;
-/// returns its size, the times to serialize it and for the whole checkpoint, and the time to
-/// copy it (what the processing loop pays per running partition: the uploader serializes).
-fn checkpoint_state(mb: usize) -> (usize, f64, f64, f64) {
+/// Timings of one checkpoint of a large state, and of the steps around it.
+struct CheckpointTimes {
+    /// State size as JSON (the first snapshot format), the size the bench aims at.
+    json_bytes: usize,
+    /// State size in the snapshot format (postcard), and as written (zstd).
+    binary_bytes: usize,
+    written_bytes: u64,
+    /// What the processing loop pays per running partition: a copy-on-write clone.
+    clone: f64,
+    /// Encoding the state: snapshot format, and JSON for comparison.
+    encode: f64,
+    encode_json: f64,
+    /// Compressing and writing the encoded state (create-if-absent PUT).
+    compress_upload: f64,
+    /// Reading it back, decompressing and decoding: what a new owner pays (and JSON's decode
+    /// for comparison).
+    restore: f64,
+    decode_json: f64,
+}
+
+/// Builds a window state of about `mb` MB (as JSON) and times one checkpoint of it to S3
+/// and its restore.
+fn checkpoint_state(mb: usize) -> CheckpointTimes {
     let steps: Vec<PipelineStep> = serde_yaml::from_str(
         "- keyBy: .k\n- window: {size: 1h, timestamp: .ts, aggregates: [{name: n, function: count}, {name: s, function: sum, of: .v}, {name: m, function: max, of: .v}]}",
     )
@@ -457,8 +476,8 @@ fn checkpoint_state(mb: usize) -> (usize, f64, f64, f64) {
     let mut state = pipeline.new_state();
     let (mut out, mut stats) = (Outputs::default(), RecordStats::default());
     let mut i = 0u64;
-    let mut size = 0;
-    while size < mb << 20 {
+    let mut json = Vec::new();
+    while json.len() < mb << 20 {
         for _ in 0..100_000 {
             // Keys and values from a mixing function: state that compresses like real ids do.
             let (key, value) = (mix(i), mix(i ^ 0x5bd1_e995) % 1_000_000);
@@ -477,7 +496,7 @@ fn checkpoint_state(mb: usize) -> (usize, f64, f64, f64) {
                 .unwrap();
             i += 1;
         }
-        size = serde_json::to_vec(&state).unwrap().len();
+        json = serde_json::to_vec(&state).unwrap();
     }
     let store = AmazonS3Builder::from_env()
         .with_bucket_name(required("STREAMJOB_S3_BUCKET"))
@@ -493,13 +512,19 @@ fn checkpoint_state(mb: usize) -> (usize, f64, f64, f64) {
         &format!("state-{}", std::process::id()),
     );
     let checkpoints = CheckpointStore::new(storage, paths);
-    let copying = Instant::now();
-    let copy = std::hint::black_box(state.clone());
-    let copied = copying.elapsed().as_secs_f64();
-    drop(copy);
-    let start = Instant::now();
-    let bytes = serde_json::to_vec(&state).unwrap();
-    let serialize = start.elapsed().as_secs_f64();
+    let timed = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let clone = timed(&mut || drop(std::hint::black_box(state.clone())));
+    let encode_json = timed(&mut || json = serde_json::to_vec(&state).unwrap());
+    let decode_json = timed(&mut || {
+        let decoded = PartitionState::decode(StateEncoding::Json, &json).unwrap();
+        assert!(decoded == state);
+    });
+    let mut bytes = Vec::new();
+    let encode = timed(&mut || bytes = state.encode().unwrap());
     let header = SnapshotHeader {
         partition: 0,
         id: SnapshotId {
@@ -509,16 +534,37 @@ fn checkpoint_state(mb: usize) -> (usize, f64, f64, f64) {
         created_ms: 0,
     };
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let written = rt
-        .block_on(checkpoints.write_checkpoint(&header, &bytes))
-        .unwrap();
-    let total = start.elapsed().as_secs_f64();
+    let mut written_bytes = 0;
+    let compress_upload = timed(&mut || {
+        written_bytes = rt
+            .block_on(checkpoints.write_checkpoint(&header, &bytes))
+            .unwrap();
+    });
+    let restore = timed(&mut || {
+        let restored = rt
+            .block_on(checkpoints.restore_latest(0, 1))
+            .unwrap()
+            .unwrap();
+        let decoded = PartitionState::decode(restored.encoding, &restored.state).unwrap();
+        assert!(decoded == state);
+    });
     println!(
-        "  state: {i} keys, {:.1} MB serialized, {:.1} MB written (zstd)",
+        "  state: {i} keys, {:.1} MB as JSON, {:.1} MB encoded, {:.1} MB written (zstd)",
+        json.len() as f64 / 1e6,
         bytes.len() as f64 / 1e6,
-        written as f64 / 1e6
+        written_bytes as f64 / 1e6
     );
-    (bytes.len(), serialize, total, copied)
+    CheckpointTimes {
+        json_bytes: json.len(),
+        binary_bytes: bytes.len(),
+        written_bytes: written_bytes as u64,
+        clone,
+        encode,
+        encode_json,
+        compress_upload,
+        restore,
+        decode_json,
+    }
 }
 
 fn main() {
@@ -665,10 +711,18 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
 
 fn report_checkpoint() {
     let mb = env_or("BENCH_STATE_MB", 100);
-    let (size, serialize, total, copied) = checkpoint_state(mb);
+    let t = checkpoint_state(mb);
     println!(
-        "\ncheckpoint of {:.0} MB of window state to the local S3 server: {total:.2}s (serialize {serialize:.2}s, compress + upload {:.2}s); copying the state {copied:.2}s",
-        size as f64 / 1e6,
-        total - serialize
+        "\ncheckpoint of {:.0} MB of window state (as JSON; {:.0} MB encoded, {:.1} MB written) to the local S3 server: {:.2}s (encode {:.2}s, compress + upload {:.2}s); restore (read, decompress, decode) {:.2}s; the loop's copy-on-write clone {:.6}s; JSON for comparison: encode {:.2}s, decode {:.2}s",
+        t.json_bytes as f64 / 1e6,
+        t.binary_bytes as f64 / 1e6,
+        t.written_bytes as f64 / 1e6,
+        t.encode + t.compress_upload,
+        t.encode,
+        t.compress_upload,
+        t.restore,
+        t.clone,
+        t.encode_json,
+        t.decode_json,
     );
 }

@@ -73,14 +73,17 @@ pub enum CheckpointError {
     },
 }
 
-/// A snapshot read back from storage.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Restored {
-    /// Its header.
-    pub header: SnapshotHeader,
-    /// The decompressed state.
-    pub state: Vec<u8>,
+/// Frames and compresses `state` as a snapshot (CPU-bound: callers on a runtime thread
+/// should run it where blocking is allowed).
+pub fn encode(header: &SnapshotHeader, state: &[u8]) -> Result<Vec<u8>, CheckpointError> {
+    snapshot::encode(header, state).map_err(|source| CheckpointError::Encode {
+        partition: header.partition,
+        source,
+    })
 }
+
+/// A snapshot read back from storage.
+pub type Restored = snapshot::Decoded;
 
 /// Candidates newest first, ignoring snapshots of epochs after `max_epoch` (written under a
 /// plan this worker has not seen; never restore the future).
@@ -175,7 +178,9 @@ impl CheckpointStore {
             let path = self.paths.checkpoint(partition, id);
             match self.read(&path).await {
                 Ok(bytes) => match snapshot::decode(&bytes) {
-                    Ok((header, _)) if header.partition != partition || header.id != id => {
+                    Ok(Restored { header, .. })
+                        if header.partition != partition || header.id != id =>
+                    {
                         SnapshotRejected {
                             partition,
                             path: path.to_string(),
@@ -186,7 +191,7 @@ impl CheckpointStore {
                         }
                         .emit();
                     }
-                    Ok((header, state)) => return Ok(Some(Restored { header, state })),
+                    Ok(restored) => return Ok(Some(restored)),
                     Err(e) => SnapshotRejected {
                         partition,
                         path: path.to_string(),
@@ -218,12 +223,10 @@ impl CheckpointStore {
     /// Reads the savepoint part at `path` (another job's, say).
     pub async fn read_part_at(&self, path: &Path) -> Result<Restored, CheckpointError> {
         let bytes = self.read(path).await?;
-        let (header, state) =
-            snapshot::decode(&bytes).map_err(|source| CheckpointError::InvalidPart {
-                path: path.to_string(),
-                source,
-            })?;
-        Ok(Restored { header, state })
+        snapshot::decode(&bytes).map_err(|source| CheckpointError::InvalidPart {
+            path: path.to_string(),
+            source,
+        })
     }
 
     async fn read(&self, path: &Path) -> Result<Bytes, CheckpointError> {
@@ -240,47 +243,49 @@ impl CheckpointStore {
             .map_err(read_err)
     }
 
-    /// Encodes and writes a checkpoint of `header.partition`. Snapshot objects are immutable:
-    /// the write never replaces an existing object (an identical name means identical epoch,
-    /// offset and therefore state, so finding it already there is success). Returns its size.
+    /// Encodes and writes a checkpoint of `header.partition` (see [`Self::put_checkpoint`]).
     pub async fn write_checkpoint(
         &self,
         header: &SnapshotHeader,
         state: &[u8],
     ) -> Result<usize, CheckpointError> {
-        let path = self.paths.checkpoint(header.partition, header.id);
-        self.write_snapshot(&path, header, state).await
+        let snapshot = encode(header, state)?;
+        self.put_checkpoint(header, snapshot.into()).await
     }
 
-    /// Writes `header.partition`'s part of a savepoint.
-    pub async fn write_savepoint_part(
+    /// Writes `snapshot` (the bytes [`snapshot::encode`] made of `header` and a state) as a
+    /// checkpoint of `header.partition`. Snapshot objects are immutable: the write never
+    /// replaces an existing object (an identical name means identical epoch, offset and
+    /// therefore state, so finding it already there is success). Returns its size.
+    pub async fn put_checkpoint(
+        &self,
+        header: &SnapshotHeader,
+        snapshot: Bytes,
+    ) -> Result<usize, CheckpointError> {
+        let path = self.paths.checkpoint(header.partition, header.id);
+        self.put(&path, snapshot).await
+    }
+
+    /// Writes `snapshot` as `header.partition`'s part of a savepoint.
+    pub async fn put_savepoint_part(
         &self,
         savepoint: &str,
         header: &SnapshotHeader,
-        state: &[u8],
+        snapshot: Bytes,
     ) -> Result<usize, CheckpointError> {
         let path = self.paths.savepoint_part(savepoint, header.partition);
-        self.write_snapshot(&path, header, state).await
+        self.put(&path, snapshot).await
     }
 
-    async fn write_snapshot(
-        &self,
-        path: &Path,
-        header: &SnapshotHeader,
-        state: &[u8],
-    ) -> Result<usize, CheckpointError> {
-        let bytes = snapshot::encode(header, state).map_err(|source| CheckpointError::Encode {
-            partition: header.partition,
-            source,
-        })?;
-        let size = bytes.len();
+    async fn put(&self, path: &Path, snapshot: Bytes) -> Result<usize, CheckpointError> {
+        let size = snapshot.len();
         let opts = PutOptions {
             mode: PutMode::Create,
             ..PutOptions::default()
         };
         match self
             .store()
-            .put_opts(path, PutPayload::from(bytes), opts)
+            .put_opts(path, PutPayload::from(snapshot), opts)
             .await
         {
             Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(size),

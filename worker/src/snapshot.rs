@@ -14,14 +14,20 @@
 //!     44    … body: zstd-compressed state
 //! ```
 //!
+//! The version also says how the state inside the body is encoded ([`StateEncoding`]):
+//! version 1 held JSON, version 2 (written since) holds postcard, serde's compact binary
+//! format, which encodes and decodes several times faster. Both are read.
+//!
 //! Any damage (short file, wrong length, flipped bit) fails [`decode`]; the caller then falls
 //! back to the previous snapshot.
 
 use thiserror::Error;
 
 const MAGIC: [u8; 4] = *b"SJSN";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes; it also reads [`JSON_VERSION`].
+pub const FORMAT_VERSION: u16 = 2;
+/// The first format version, whose state is JSON.
+pub const JSON_VERSION: u16 = 1;
 const HEADER_LEN: usize = 44;
 const ZSTD_LEVEL: i32 = 1;
 
@@ -45,6 +51,26 @@ pub struct SnapshotHeader {
     pub created_ms: i64,
 }
 
+/// How the decompressed state of a snapshot is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateEncoding {
+    /// Format version 1.
+    Json,
+    /// Format version 2: postcard.
+    Binary,
+}
+
+/// A snapshot read back: its header and its decompressed state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The metadata.
+    pub header: SnapshotHeader,
+    /// How `state` is encoded.
+    pub encoding: StateEncoding,
+    /// The decompressed state.
+    pub state: Vec<u8>,
+}
+
 /// Why bytes are not a valid snapshot.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SnapshotError {
@@ -55,7 +81,9 @@ pub enum SnapshotError {
     #[error("not a streamjob snapshot (bad magic bytes)")]
     BadMagic,
     /// Written by an incompatible build.
-    #[error("unsupported snapshot format version {0} (this build reads {FORMAT_VERSION})")]
+    #[error(
+        "unsupported snapshot format version {0} (this build reads {JSON_VERSION} to {FORMAT_VERSION})"
+    )]
     UnsupportedVersion(u16),
     /// Body shorter or longer than the header says.
     #[error("snapshot body has {actual} bytes, header says {expected}: truncated or corrupt")]
@@ -97,7 +125,7 @@ pub fn encode(header: &SnapshotHeader, state: &[u8]) -> Result<Vec<u8>, Snapshot
 }
 
 /// Verifies and unframes a snapshot, returning its header and decompressed state.
-pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), SnapshotError> {
+pub fn decode(bytes: &[u8]) -> Result<Decoded, SnapshotError> {
     if bytes.len() < HEADER_LEN {
         return Err(SnapshotError::TooShort(bytes.len()));
     }
@@ -105,10 +133,11 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), SnapshotError> 
     if head[0..4] != MAGIC {
         return Err(SnapshotError::BadMagic);
     }
-    let version = u16::from_le_bytes(array(&head[4..6]));
-    if version != FORMAT_VERSION {
-        return Err(SnapshotError::UnsupportedVersion(version));
-    }
+    let encoding = match u16::from_le_bytes(array(&head[4..6])) {
+        JSON_VERSION => StateEncoding::Json,
+        FORMAT_VERSION => StateEncoding::Binary,
+        other => return Err(SnapshotError::UnsupportedVersion(other)),
+    };
     let expected = u32::from_le_bytes(array(&head[36..40])) as usize;
     if body.len() != expected {
         return Err(SnapshotError::LengthMismatch {
@@ -130,7 +159,11 @@ pub fn decode(bytes: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), SnapshotError> 
     };
     let state =
         zstd::stream::decode_all(body).map_err(|e| SnapshotError::Decompress(e.to_string()))?;
-    Ok((header, state))
+    Ok(Decoded {
+        header,
+        encoding,
+        state,
+    })
 }
 
 fn checksum(head: &[u8], body: &[u8]) -> u32 {
@@ -166,9 +199,10 @@ mod tests {
         let state = br#"{"windows":[1,2,3]}"#.repeat(100);
         let bytes = encode(&header(), &state).unwrap();
         assert!(bytes.len() < state.len(), "body is compressed");
-        let (h, s) = decode(&bytes).unwrap();
-        assert_eq!(h, header());
-        assert_eq!(s, state);
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.header, header());
+        assert_eq!(decoded.encoding, StateEncoding::Binary);
+        assert_eq!(decoded.state, state);
     }
 
     #[test]
@@ -195,6 +229,18 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn version_1_snapshots_are_read_as_json() {
+        let mut bytes = encode(&header(), b"{}").unwrap();
+        bytes[4..6].copy_from_slice(&JSON_VERSION.to_le_bytes());
+        let (head, body) = bytes.split_at_mut(HEADER_LEN);
+        let crc = checksum(&head[..40], body);
+        head[40..44].copy_from_slice(&crc.to_le_bytes());
+        let decoded = decode(&bytes).unwrap();
+        assert_eq!(decoded.encoding, StateEncoding::Json);
+        assert_eq!(decoded.state, b"{}");
     }
 
     #[test]

@@ -9,10 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::{
-    checkpoint::{CheckpointStore, retry_delay},
+    checkpoint::{self, CheckpointStore, retry_delay},
     pipeline::PartitionState,
     snapshot::{SnapshotHeader, SnapshotId},
     tasks::LatestTasks,
@@ -90,12 +91,17 @@ async fn upload(
         SnapshotTarget::Checkpoint => None,
         SnapshotTarget::SavepointPart(id) => Some(id.as_ref()),
     };
-    let state = request.state;
-    let encoded = tokio::task::spawn_blocking(move || serde_json::to_vec(&state)).await;
-    let state = match encoded {
-        Ok(Ok(bytes)) => bytes,
+    let (state, header) = (request.state, request.header);
+    // Encoding, compressing and checksumming are CPU work: off the runtime's threads.
+    let encoded = tokio::task::spawn_blocking(move || {
+        let state = state.encode().map_err(|e| e.to_string())?;
+        checkpoint::encode(&header, &state).map_err(|e| e.to_string())
+    })
+    .await;
+    let snapshot = match encoded {
+        Ok(Ok(bytes)) => Bytes::from(bytes),
         Ok(Err(error)) => {
-            // Never seen: the state is maps of strings and numbers. Without this snapshot
+            // Never seen: the state is maps of bytes and numbers. Without this snapshot
             // the partition's previous one stays the newest, and replays cover the rest.
             tracing::error!(%error, partition, "cannot encode the state; snapshot skipped");
             return;
@@ -106,10 +112,10 @@ async fn upload(
     let bytes = loop {
         attempt += 1;
         let written = match savepoint {
-            None => store.write_checkpoint(&request.header, &state).await,
+            None => store.put_checkpoint(&header, snapshot.clone()).await,
             Some(id) => {
                 store
-                    .write_savepoint_part(id, &request.header, &state)
+                    .put_savepoint_part(id, &header, snapshot.clone())
                     .await
             }
         };
@@ -129,7 +135,7 @@ async fn upload(
             }
         }
     };
-    let id = request.header.id;
+    let id = header.id;
     let duration = request.requested_at.elapsed();
     match savepoint {
         None => CheckpointCompleted {

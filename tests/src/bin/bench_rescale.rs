@@ -29,7 +29,7 @@ use streamjob_tests::{
     run_ok, stack_env, temp_namespace, unique_name, wait_for,
     worker::{create_topic, metric_value, producer},
 };
-use streamjob_worker::plan::Plan;
+use streamjob_worker::{pipeline::PartitionState, plan::Plan};
 
 const PARTITIONS: i32 = 8;
 /// Distinct keys: each holds one pane of two accumulators in the 1 h window.
@@ -215,10 +215,16 @@ async fn main() {
     };
     let mut moving = Vec::new();
     let mut staying = Vec::new();
+    // The sampler's own noise: the longest gap it saw in the steady stream before the change.
+    let (mut baseline, mut from_handover) = (Duration::ZERO, Duration::ZERO);
+    let first_sample = samples.first().map_or(changed, |(at, _)| *at);
+    let end = ready + Duration::from_secs(2);
     for p in 0..PARTITIONS {
-        let pause = longest_stall(&samples, p, changed, ready + Duration::from_secs(2));
+        let pause = longest_stall(&samples, p, changed, end);
+        baseline = baseline.max(longest_stall(&samples, p, first_sample, changed));
         if owner(&before, p) == owner(&after, p) {
             staying.push((p, pause));
+            from_handover = from_handover.max(longest_stall(&samples, p, pods_up, end));
         } else {
             moving.push((p, pause));
         }
@@ -228,7 +234,7 @@ async fn main() {
     let logged = logged_pauses(&runner.state_dir, &ns, epoch);
     println!("rescale 4 → 8, {PARTITIONS} partitions, {KEYS} keys");
     println!(
-        "state: {:.1} MB uncompressed ({:.1} MB in the savepoint's parts)",
+        "state: {:.1} MB as JSON ({:.1} MB in the savepoint's parts)",
         mb(state_bytes),
         mb(part_bytes)
     );
@@ -241,15 +247,27 @@ async fn main() {
         println!("  partition {p}: {:.2}s", pause.as_secs_f64());
     }
     println!(
-        "non-moving partitions {:?}: longest pause {:.2}s (sampling every {}ms)",
+        "non-moving partitions {:?}: longest pause {:.2}s (sampling every {}ms); {:.2}s from the \
+         new pods being up on; the sampler's noise: longest gap in the 3 s before the change, \
+         any partition, {:.2}s",
         staying.iter().map(|m| m.0).collect::<Vec<_>>(),
         max(&staying).as_secs_f64(),
-        SAMPLE_EVERY.as_millis()
+        SAMPLE_EVERY.as_millis(),
+        from_handover.as_secs_f64(),
+        baseline.as_secs_f64()
     );
     println!("from the workers' logs (same clock):");
     for (p, pause) in &logged.moving {
+        let stage = |stages: &BTreeMap<i32, f64>| {
+            stages
+                .get(p)
+                .map_or_else(|| "?".to_owned(), |s| format!("{s:.3}s"))
+        };
         println!(
-            "  moving partition {p}: {pause:.3}s from its old owner taking the plan to its new owner running it"
+            "  moving partition {p}: {pause:.3}s from its old owner taking the plan to its new \
+             owner running it (part durable at {}, restored at {})",
+            stage(&logged.written),
+            stage(&logged.restored)
         );
     }
     println!(
@@ -300,6 +318,11 @@ struct LoggedPauses {
     /// Moving partition → seconds from the old owner applying the plan to the new owner
     /// running the partition.
     moving: BTreeMap<i32, f64>,
+    /// Moving partition → seconds from the old owner applying the plan to its part durable.
+    written: BTreeMap<i32, f64>,
+    /// Moving partition → seconds from the old owner applying the plan to the new owner
+    /// having read and decoded the part.
+    restored: BTreeMap<i32, f64>,
     /// Per old worker, seconds its loop spent applying the plan (its kept partitions wait).
     kept: Vec<f64>,
 }
@@ -309,6 +332,8 @@ struct LoggedPauses {
 fn logged_pauses(state_dir: &std::path::Path, namespace: &str, epoch: u64) -> LoggedPauses {
     let mut stops = BTreeMap::new(); // partition → when its old owner took the plan
     let mut starts = BTreeMap::new(); // partition → when its new owner ran it
+    let mut written = BTreeMap::new(); // partition → when its part was durable
+    let mut restored = BTreeMap::new(); // partition → when its new owner restored it
     let mut kept = Vec::new();
     let dirs = std::fs::read_dir(state_dir).expect("the pod runner's state dir");
     for dir in dirs.flatten() {
@@ -332,18 +357,30 @@ fn logged_pauses(state_dir: &std::path::Path, namespace: &str, epoch: u64) -> Lo
                 }
             } else if message.starts_with("handover applied") {
                 kept.push(fields["paused_ms"].as_f64().unwrap_or_default() / 1000.0);
-            } else if message == "partition running" {
+            } else if let Some(times) = match message {
+                "partition running" => Some(&mut starts),
+                "savepoint part written" => Some(&mut written),
+                "partition restored" => Some(&mut restored),
+                _ => None,
+            } {
                 if let Some(p) = fields["partition"].as_i64() {
-                    starts.insert(i32::try_from(p).unwrap_or_default(), at);
+                    times.insert(i32::try_from(p).unwrap_or_default(), at);
                 }
             }
         }
     }
-    let moving = stops
-        .iter()
-        .filter_map(|(p, stop)| Some((*p, starts.get(p)? - stop)))
-        .collect();
-    LoggedPauses { moving, kept }
+    let since_stop = |times: &BTreeMap<i32, f64>| {
+        stops
+            .iter()
+            .filter_map(|(p, stop)| Some((*p, times.get(p)? - stop)))
+            .collect()
+    };
+    LoggedPauses {
+        moving: since_stop(&starts),
+        written: since_stop(&written),
+        restored: since_stop(&restored),
+        kept,
+    }
 }
 
 /// `[1, 3]` → 1, 3.
@@ -479,8 +516,11 @@ async fn savepoint_size(bucket: &str, url: &str) -> (u64, u64) {
             .await
             .expect("part bytes");
         stored += bytes.len() as u64;
-        let (_, body) = streamjob_worker::snapshot::decode(&bytes).expect("part decodes");
-        state += body.len() as u64;
+        // The state's size as JSON (the first snapshot format): a measure that does not
+        // change with the encoding.
+        let part = streamjob_worker::snapshot::decode(&bytes).expect("part decodes");
+        let decoded = PartitionState::decode(part.encoding, &part.state).expect("state decodes");
+        state += serde_json::to_vec(&decoded).expect("state as JSON").len() as u64;
     }
     (stored, state)
 }

@@ -15,7 +15,7 @@ use super::{
     process::ProcessLoop,
     request_upload,
     restore::{RestoreCommand, RestoreRequest, RestoredPartition},
-    send_upload,
+    send_upload, upload_request,
 };
 use crate::{
     plan::{Plan, RestoreSource},
@@ -25,7 +25,7 @@ use crate::{
         Event, HandoverApplied, Metrics, PartitionReleased, PartitionRunning, RecordsProcessed,
         SavepointPartsRequested,
     },
-    uploader::{SnapshotTarget, UploadDone},
+    uploader::{SnapshotTarget, UploadDone, UploadRequest},
 };
 
 /// Partitions between owners.
@@ -37,6 +37,10 @@ pub(super) struct Transitions {
     releasing: BTreeMap<i32, Durable>,
     /// Names the newest restore request (a result of an older one is stale).
     last_ticket: u64,
+    /// Savepoint parts of kept partitions, taken at the handover and sent to the uploader
+    /// once every released partition's part is durable: the new owners wait for those, so
+    /// they get the CPU first.
+    deferred_parts: Vec<UploadRequest>,
 }
 
 impl Transitions {
@@ -193,14 +197,16 @@ impl ProcessLoop {
             let awaits = Durable { target, id: part };
             self.transitions.releasing.insert(run.partition, awaits);
         }
-        for run in self.runs.values() {
+        let kept = self.runs.values().map(|run| {
             let part = SnapshotId {
                 epoch,
                 next_offset: run.next_offset,
             };
             let target = SnapshotTarget::SavepointPart(savepoint.clone());
-            request_upload(&self.upload_tx, run, part, target);
-        }
+            upload_request(run.partition, run.state.clone(), part, target)
+        });
+        self.transitions.deferred_parts.extend(kept);
+        self.send_deferred_parts();
         for partition in self.transitions.restoring.keys() {
             tracing::warn!(
                 partition,
@@ -295,10 +301,22 @@ impl ProcessLoop {
         if let Some(awaits) = self.transitions.releasing.remove(&done.partition) {
             awaits.report_released(done.partition);
         }
+        self.send_deferred_parts();
         if done.target == SnapshotTarget::Checkpoint {
             self.commit_offset(done.partition, done.id.next_offset);
         }
         true
+    }
+
+    /// Sends the deferred savepoint parts once no released partition waits for its own.
+    fn send_deferred_parts(&mut self) {
+        if !self.transitions.releasing.is_empty() {
+            return;
+        }
+        for request in self.transitions.deferred_parts.drain(..) {
+            // The uploader only stops when the engine does; a closed channel means shutdown.
+            let _ = self.upload_tx.send(request);
+        }
     }
 
     /// Asks the restorer for `partition` from where the plan says, superseding any earlier

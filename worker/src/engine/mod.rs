@@ -63,7 +63,7 @@ pub enum EngineError {
         /// Partition.
         partition: i32,
         /// Decoder error.
-        source: serde_json::Error,
+        source: crate::pipeline::StateDecodeError,
     },
     /// A snapshot holds window state of another window layout, and the spec does not allow
     /// dropping it.
@@ -259,9 +259,8 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
 }
 
 /// Hands `id` of `run`'s state to the uploader, to be written to `target`. The state is
-/// copied here and encoded by the uploader, off the hot loop. The copy is not free: for
-/// ~108 MB of window state it took 0.33 s against 0.41 s to encode (`scripts/bench`,
-/// docs/benchmarks.md); partitions that leave are handed over without one.
+/// cloned here, which copies nothing (its window maps are shared copy-on-write, see
+/// `KeyedPanes`), and encoded by the uploader, off the hot loop.
 fn request_upload(
     upload_tx: &async_mpsc::UnboundedSender<UploadRequest>,
     run: &PartitionRun,
@@ -279,18 +278,27 @@ fn send_upload(
     id: SnapshotId,
     target: SnapshotTarget,
 ) {
-    let header = SnapshotHeader {
-        partition,
-        id,
-        created_ms: now_ms(),
-    };
     // The uploader only stops when the engine does; a closed channel means shutdown.
-    let _ = upload_tx.send(UploadRequest {
-        header,
+    let _ = upload_tx.send(upload_request(partition, state, id, target));
+}
+
+/// The request to write `state` of `partition` as snapshot `id` to `target`, taken now.
+fn upload_request(
+    partition: i32,
+    state: PartitionState,
+    id: SnapshotId,
+    target: SnapshotTarget,
+) -> UploadRequest {
+    UploadRequest {
+        header: SnapshotHeader {
+            partition,
+            id,
+            created_ms: now_ms(),
+        },
         state,
         target,
         requested_at: Instant::now(),
-    });
+    }
 }
 
 /// Wall-clock time in epoch milliseconds.

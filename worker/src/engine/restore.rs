@@ -26,7 +26,7 @@ use crate::{
 /// writing it right now, and a moving partition pauses until it is found), then less often.
 const PART_POLL_FIRST: Duration = Duration::from_millis(25);
 /// The longest wait between two looks for a missing part.
-const PART_POLL_MAX: Duration = Duration::from_millis(100);
+const PART_POLL_MAX: Duration = Duration::from_millis(50);
 /// How often a partition still waiting for its part says so.
 const WAIT_REPORT_EVERY: Duration = Duration::from_secs(30);
 
@@ -200,9 +200,10 @@ impl Restorer {
                 },
             });
         };
-        let saved = serde_json::from_slice(&snapshot.state).map_err(|source| {
-            Attempt::Failed(EngineError::IncompatibleState { partition, source })
-        })?;
+        let saved =
+            PartitionState::decode(snapshot.encoding, &snapshot.state).map_err(|source| {
+                Attempt::Failed(EngineError::IncompatibleState { partition, source })
+            })?;
         let id = snapshot.header.id;
         let state = if self.pipeline.reads(&saved) {
             self.pipeline.claim(saved)

@@ -21,6 +21,9 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use streamjob_api::{PipelineStep, StepKind};
+use thiserror::Error;
+
+use crate::snapshot::StateEncoding;
 
 pub use error::{CompileError, RecordError, RecordErrorKind};
 pub use jq::ExprPath;
@@ -114,11 +117,33 @@ pub struct PartitionState {
     #[serde(default)]
     windows: Vec<WindowState>,
     /// The layout of the pipeline that built it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     layout: Option<String>,
 }
 
+/// A snapshot's state that does not decode.
+#[derive(Debug, Error)]
+#[error("{0}")]
+pub struct StateDecodeError(String);
+
 impl PartitionState {
+    /// The state as snapshots hold it ([`StateEncoding::Binary`]).
+    pub fn encode(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_stdvec(self)
+    }
+
+    /// Reads a snapshot's state, encoded as `encoding`.
+    pub fn decode(encoding: StateEncoding, bytes: &[u8]) -> Result<Self, StateDecodeError> {
+        match encoding {
+            StateEncoding::Json => {
+                serde_json::from_slice(bytes).map_err(|e| StateDecodeError(e.to_string()))
+            }
+            StateEncoding::Binary => {
+                postcard::from_bytes(bytes).map_err(|e| StateDecodeError(e.to_string()))
+            }
+        }
+    }
+
     fn ensure_windows(&mut self, count: usize) {
         if self.windows.len() < count {
             self.windows.resize_with(count, WindowState::default);

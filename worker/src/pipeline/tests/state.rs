@@ -2,6 +2,7 @@
 
 use super::{Run, compile, key_by, map, record, texts, window, window_step};
 use crate::pipeline::{InputRecord, Outputs, PartitionState, Pipeline, RecordStats};
+use crate::snapshot::StateEncoding;
 
 /// A stream with out-of-order, late, dropped records, several keys and a float sum.
 fn replay_stream() -> Vec<String> {
@@ -60,14 +61,14 @@ fn restoring_state_mid_stream_replays_byte_identical_outputs() {
     for cut in 0..=stream.len() {
         let mut state = pipeline.new_state();
         let (mut outputs, _) = run_range(&mut state, 0..cut);
-        let checkpoint = serde_json::to_vec(&state).expect("state serializes");
-        let mut restored: PartitionState =
-            serde_json::from_slice(&checkpoint).expect("state restores");
+        let checkpoint = state.encode().expect("state encodes");
+        let mut restored =
+            PartitionState::decode(StateEncoding::Binary, &checkpoint).expect("state restores");
         assert_eq!(restored, state, "round trip at {cut}");
-        assert_eq!(
-            serde_json::to_vec(&restored).expect("serializes"),
-            checkpoint
-        );
+        assert_eq!(restored.encode().expect("encodes"), checkpoint);
+        for (encoding, again) in round_trips(&state) {
+            assert_eq!(again, state, "{encoding:?} round trip at {cut}");
+        }
         let (rest, _) = run_range(&mut restored, cut..stream.len());
         for record in rest.to_records() {
             outputs.push_record(&record);
@@ -114,12 +115,31 @@ fn float_accumulators_survive_a_checkpoint_bit_for_bit() {
         r#"{"t":2,"v":0.2}"#,
         r#"{"t":3,"v":1e-300}"#,
     ]);
-    let text = serde_json::to_string(&run.state).expect("serializes");
-    let restored: PartitionState = serde_json::from_str(&text).expect("restores");
-    assert_eq!(restored, run.state);
-    run.state = restored;
-    let out = run.feed_all(&[r#"{"t":10,"v":0}"#]);
-    assert!(out[0].contains(r#""sum":0.30000000000000004"#), "{out:?}");
+    for (encoding, restored) in round_trips(&run.state) {
+        assert_eq!(restored, run.state, "{encoding:?}");
+        let mut run = Run {
+            state: restored,
+            ..Run::new(&[window_step(window("10ms", None, None, None))])
+        };
+        let out = run.feed_all(&[r#"{"t":10,"v":0}"#]);
+        assert!(
+            out[0].contains(r#""sum":0.30000000000000004"#),
+            "{encoding:?}: {out:?}"
+        );
+    }
+}
+
+/// The state written and read back in each snapshot encoding.
+fn round_trips(state: &PartitionState) -> Vec<(StateEncoding, PartitionState)> {
+    let json = serde_json::to_vec(state).expect("serializes as JSON");
+    let binary = state.encode().expect("encodes");
+    [(StateEncoding::Json, json), (StateEncoding::Binary, binary)]
+        .into_iter()
+        .map(|(encoding, bytes)| {
+            let restored = PartitionState::decode(encoding, &bytes).expect("restores");
+            (encoding, restored)
+        })
+        .collect()
 }
 
 #[test]
@@ -136,21 +156,22 @@ fn binary_keys_round_trip_through_state_and_results() {
     pipeline
         .process(&mut state, &input, &mut out, &mut stats)
         .expect("valid");
-    let text = serde_json::to_string(&state).expect("serializes");
-    let mut state: PartitionState = serde_json::from_str(&text).expect("restores");
-    let input = InputRecord {
-        key: Some(&key),
-        ..record(None, r#"{"t":10,"v":1}"#, 1)
-    };
-    pipeline
-        .process(&mut state, &input, &mut out, &mut stats)
-        .expect("valid");
-    let out = out.to_records();
-    assert_eq!(out.len(), 1);
-    assert_eq!(out[0].key.as_deref(), Some(&key[..]));
-    let payload = String::from_utf8_lossy(&out[0].payload);
-    assert!(
-        payload.starts_with("{\"key\":\"\u{fffd}\\u0000a\""),
-        "{payload}"
-    );
+    for (encoding, mut state) in round_trips(&state) {
+        let mut out = Outputs::default();
+        let input = InputRecord {
+            key: Some(&key),
+            ..record(None, r#"{"t":10,"v":1}"#, 1)
+        };
+        pipeline
+            .process(&mut state, &input, &mut out, &mut stats)
+            .expect("valid");
+        let out = out.to_records();
+        assert_eq!(out.len(), 1, "{encoding:?}");
+        assert_eq!(out[0].key.as_deref(), Some(&key[..]), "{encoding:?}");
+        let payload = String::from_utf8_lossy(&out[0].payload);
+        assert!(
+            payload.starts_with("{\"key\":\"\u{fffd}\\u0000a\""),
+            "{encoding:?}: {payload}"
+        );
+    }
 }

@@ -300,16 +300,7 @@ impl WindowOp {
         let panes = state.windows.entry(start).or_default();
         let accumulators = match &record.key {
             None => panes.unkeyed.get_or_insert_with(Vec::new),
-            Some(key) => {
-                // Look up by borrowed bytes; allocate the key only for a new window.
-                if !panes.keyed.contains_key(key.as_ref()) {
-                    panes.keyed.insert(key.to_vec(), Vec::new());
-                }
-                match panes.keyed.get_mut(key.as_ref()) {
-                    Some(accumulators) => accumulators,
-                    None => return,
-                }
-            }
+            Some(key) => panes.keyed.entry(key),
         };
         accumulate(&self.aggregates, accumulators, &record.inputs);
         if emit {
