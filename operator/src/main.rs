@@ -28,7 +28,7 @@ enum Command {
     /// Print the StreamJob CustomResourceDefinition as YAML.
     Crd,
     /// Run the controller until SIGTERM/SIGINT.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Args)]
@@ -61,6 +61,15 @@ struct RunArgs {
         default_value = "ghcr.io/streamjob/streamjob:0.1.0"
     )]
     worker_image: String,
+    /// Image pull Secrets (comma-separated names) for the workers of StreamJobs that set no
+    /// `spec.imagePullSecrets`.
+    #[arg(
+        long,
+        env = "STREAMJOB_WORKER_IMAGE_PULL_SECRETS",
+        value_delimiter = ',',
+        num_args = 0..
+    )]
+    worker_image_pull_secrets: Vec<String>,
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
@@ -87,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{yaml}");
             Ok(())
         }
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     }
 }
 
@@ -143,6 +152,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         defaults: WorkerDefaults {
             image: args.worker_image.clone(),
+            image_pull_secrets: args.worker_image_pull_secrets.clone(),
         },
         identity,
         concurrency: args.concurrency,

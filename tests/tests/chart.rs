@@ -78,6 +78,27 @@ fn chart_renders_every_object_with_secure_defaults() {
     );
     assert!(!without_crd.contains("kind: CustomResourceDefinition"));
     assert!(without_crd.contains("kind: ServiceMonitor"));
+
+    // Workers pull with the chart's imagePullSecrets unless told otherwise.
+    assert!(!rendered.contains("- --worker-image-pull-secrets="));
+    let render = |values: &[&str]| {
+        let chart = chart_dir();
+        let mut args = vec!["template", "sj", chart.as_str()];
+        for value in values {
+            args.extend(["--set", value]);
+        }
+        run_ok("helm", &args)
+    };
+    let registries = [
+        "imagePullSecrets[0].name=registry",
+        "imagePullSecrets[1].name=mirror",
+    ];
+    assert!(render(&registries).contains("--worker-image-pull-secrets=registry,mirror\n"));
+    let own = [
+        registries[0],
+        "operator.workerImagePullSecrets[0].name=workers",
+    ];
+    assert!(render(&own).contains("--worker-image-pull-secrets=workers\n"));
 }
 
 #[test]

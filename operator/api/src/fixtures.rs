@@ -14,6 +14,7 @@ impl StreamJob {
         let spec = StreamJobSpec {
             parallelism: 1,
             image: None,
+            image_pull_secrets: Vec::new(),
             source: Source {
                 kafka: KafkaSource {
                     bootstrap_servers: "127.0.0.1:9092".to_owned(),

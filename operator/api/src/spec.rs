@@ -71,6 +71,13 @@ pub struct StreamJobSpec {
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
 
+    /// Secrets (of type `kubernetes.io/dockerconfigjson`) for pulling the worker image from
+    /// a private registry. Defaults to the operator's `--worker-image-pull-secrets` (the
+    /// chart's `imagePullSecrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<SecretReference>,
+
     /// Where records come from.
     pub source: Source,
 

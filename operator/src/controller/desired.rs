@@ -63,6 +63,8 @@ pub struct Children {
 pub struct WorkerDefaults {
     /// Worker image for jobs that set none.
     pub image: String,
+    /// Image pull Secrets for jobs that set none.
+    pub image_pull_secrets: Vec<String>,
 }
 
 /// Builds the children of `job` (in `namespace`, with `replicas` workers) running `plan`.
@@ -203,10 +205,18 @@ fn pod_template(job: &StreamJob, names: &ChildNames, defaults: &WorkerDefaults) 
         })
     };
 
+    let pull_secrets: Vec<Value> = if spec.image_pull_secrets.is_empty() {
+        let defaults = defaults.image_pull_secrets.iter();
+        defaults.map(|name| json!({ "name": name })).collect()
+    } else {
+        let own = spec.image_pull_secrets.iter();
+        own.map(|secret| json!({ "name": secret.name })).collect()
+    };
     json!({
         "metadata": { "labels": names.labels() },
         "spec": {
             "serviceAccountName": names.workers(),
+            "imagePullSecrets": pull_secrets,
             "terminationGracePeriodSeconds": SHUTDOWN_DEADLINE_SECONDS + 15,
             "securityContext": {
                 "runAsNonRoot": true,
@@ -277,6 +287,7 @@ mod tests {
         });
         let defaults = WorkerDefaults {
             image: "streamjob:test".into(),
+            image_pull_secrets: vec!["registry".into()],
         };
         children(job, "team-a", replicas(job, 2), &plan, owner(), &defaults).unwrap()
     }
@@ -364,6 +375,22 @@ mod tests {
         assert_eq!(security.read_only_root_filesystem, Some(true));
         assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
         assert!(container.readiness_probe.is_some() && container.liveness_probe.is_some());
+    }
+
+    #[test]
+    fn workers_pull_with_the_jobs_secrets_or_else_the_operators() {
+        let pull_secrets = |job: &StreamJob| -> Vec<String> {
+            let children = build_for(job);
+            let pod = children.deployment.spec.unwrap().template.spec.unwrap();
+            let secrets = pod.image_pull_secrets.unwrap_or_default();
+            secrets.into_iter().map(|s| s.name).collect()
+        };
+        let mut job = StreamJob::test("clicks");
+        assert_eq!(pull_secrets(&job), ["registry"]);
+        job.spec.image_pull_secrets = vec![SecretReference {
+            name: "own-registry".into(),
+        }];
+        assert_eq!(pull_secrets(&job), ["own-registry"]);
     }
 
     #[test]

@@ -151,6 +151,7 @@ impl Operation {
 /// Whether two specs give the workers the same pod template (image, resources, Secrets).
 pub fn same_pod_template(a: &StreamJobSpec, b: &StreamJobSpec) -> bool {
     a.image == b.image
+        && a.image_pull_secrets == b.image_pull_secrets
         && a.resources == b.resources
         && a.source.kafka.secret_ref == b.source.kafka.secret_ref
         && a.checkpoint.secret_ref == b.checkpoint.secret_ref
@@ -161,6 +162,8 @@ pub fn same_pod_template(a: &StreamJobSpec, b: &StreamJobSpec) -> bool {
 pub fn with_pod_template_of(spec: &StreamJobSpec, running: &StreamJobSpec) -> StreamJobSpec {
     let mut held = spec.clone();
     held.image.clone_from(&running.image);
+    held.image_pull_secrets
+        .clone_from(&running.image_pull_secrets);
     held.resources.clone_from(&running.resources);
     held.source
         .kafka
