@@ -9,6 +9,8 @@ use std::{
 };
 
 use rdkafka::{
+    admin::{AdminClient, AdminOptions, ResourceSpecifier},
+    client::DefaultClientContext,
     consumer::{BaseConsumer, Consumer},
     error::{KafkaError, RDKafkaErrorCode},
 };
@@ -53,10 +55,23 @@ pub struct TopicInfo {
     pub end_offsets: BTreeMap<i32, i64>,
 }
 
+/// Whether an output topic (sink, dead letters) can take records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputTopic {
+    /// The topic exists.
+    Exists,
+    /// It does not exist, and the brokers create topics on first use
+    /// (`auto.create.topics.enable`), or cannot say whether they do.
+    CreatedOnFirstUse,
+    /// It does not exist, and the brokers do not create topics.
+    Missing,
+}
+
 /// Shared Kafka metadata clients, one per cluster configuration.
 #[derive(Default)]
 pub struct KafkaClients {
     clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+    admins: Mutex<HashMap<String, Arc<AdminClient<DefaultClientContext>>>>,
 }
 
 impl KafkaClients {
@@ -74,23 +89,114 @@ impl KafkaClients {
             .map_err(|_| KafkaProblem::Task)?
     }
 
+    /// Whether output `topic` exists, or else whether the brokers will create it when the
+    /// workers first write to it.
+    pub async fn output_topic(
+        &self,
+        bootstrap: &str,
+        props: &BTreeMap<String, String>,
+        topic: &str,
+    ) -> Result<OutputTopic, KafkaProblem> {
+        let client = self.client(bootstrap, props)?;
+        let (bootstrap_owned, topic_owned) = (bootstrap.to_owned(), topic.to_owned());
+        let found =
+            tokio::task::spawn_blocking(move || lookup(&client, &bootstrap_owned, &topic_owned))
+                .await
+                .map_err(|_| KafkaProblem::Task)??;
+        let broker = match found {
+            Lookup::Found(_) => return Ok(OutputTopic::Exists),
+            Lookup::Missing { broker } => broker,
+        };
+        let admin = cached(&self.admins, bootstrap, props)?;
+        let options = AdminOptions::new().request_timeout(Some(TIMEOUT));
+        let configs = admin
+            .describe_configs(&[ResourceSpecifier::Broker(broker)], &options)
+            .await;
+        let auto_create = configs.ok().and_then(|configs| {
+            let config = configs.into_iter().next()?.ok()?;
+            config.get("auto.create.topics.enable")?.value.clone()
+        });
+        Ok(match auto_create.as_deref() {
+            Some("false") => OutputTopic::Missing,
+            Some(_) => OutputTopic::CreatedOnFirstUse,
+            None => {
+                tracing::warn!(
+                    topic,
+                    bootstrap,
+                    broker,
+                    "output topic does not exist, and the broker's auto.create.topics.enable \
+                     cannot be read (DescribeConfigs); assuming the broker creates it"
+                );
+                OutputTopic::CreatedOnFirstUse
+            }
+        })
+    }
+
     fn client(
         &self,
         bootstrap: &str,
         props: &BTreeMap<String, String>,
     ) -> Result<Arc<BaseConsumer>, KafkaProblem> {
-        let key = format!("{bootstrap}\n{props:?}");
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = clients.get(&key) {
-            return Ok(client.clone());
-        }
-        let client: BaseConsumer = streamjob_worker::kafka::client_config(bootstrap, props)
-            .create()
-            .map_err(KafkaProblem::Settings)?;
-        let client = Arc::new(client);
-        clients.insert(key, client.clone());
-        Ok(client)
+        cached(&self.clients, bootstrap, props)
     }
+}
+
+/// The client of `clients` for this cluster configuration, created on first use.
+fn cached<C: rdkafka::config::FromClientConfig>(
+    clients: &Mutex<HashMap<String, Arc<C>>>,
+    bootstrap: &str,
+    props: &BTreeMap<String, String>,
+) -> Result<Arc<C>, KafkaProblem> {
+    let key = format!("{bootstrap}\n{props:?}");
+    let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(client) = clients.get(&key) {
+        return Ok(client.clone());
+    }
+    let client: C = streamjob_worker::kafka::client_config(bootstrap, props)
+        .create()
+        .map_err(KafkaProblem::Settings)?;
+    let client = Arc::new(client);
+    clients.insert(key, client.clone());
+    Ok(client)
+}
+
+/// A topic's partitions, or the broker that said it has none.
+enum Lookup {
+    Found(Vec<i32>),
+    Missing { broker: i32 },
+}
+
+fn lookup(client: &BaseConsumer, bootstrap: &str, topic: &str) -> Result<Lookup, KafkaProblem> {
+    let metadata = client
+        .fetch_metadata(Some(topic), TIMEOUT)
+        .map_err(|source| KafkaProblem::Unreachable {
+            bootstrap: bootstrap.to_owned(),
+            source,
+        })?;
+    let missing = Lookup::Missing {
+        broker: metadata.orig_broker_id(),
+    };
+    let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(missing);
+    };
+    match meta.error() {
+        None => {}
+        Some(code) if RDKafkaErrorCode::from(code) == RDKafkaErrorCode::UnknownTopicOrPartition => {
+            return Ok(missing);
+        }
+        Some(code) => {
+            return Err(KafkaProblem::Unreachable {
+                bootstrap: bootstrap.to_owned(),
+                source: KafkaError::MetadataFetch(code.into()),
+            });
+        }
+    }
+    if meta.partitions().is_empty() {
+        return Ok(missing);
+    }
+    Ok(Lookup::Found(
+        meta.partitions().iter().map(|p| p.id()).collect(),
+    ))
 }
 
 fn describe(
@@ -98,36 +204,21 @@ fn describe(
     bootstrap: &str,
     topic: &str,
 ) -> Result<TopicInfo, KafkaProblem> {
-    let unreachable = |source| KafkaProblem::Unreachable {
-        bootstrap: bootstrap.to_owned(),
-        source,
+    let Lookup::Found(partitions) = lookup(client, bootstrap, topic)? else {
+        return Err(KafkaProblem::NoSuchTopic {
+            topic: topic.to_owned(),
+            bootstrap: bootstrap.to_owned(),
+        });
     };
-    let no_such_topic = || KafkaProblem::NoSuchTopic {
-        topic: topic.to_owned(),
-        bootstrap: bootstrap.to_owned(),
-    };
-    let metadata = client
-        .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(unreachable)?;
-    let Some(meta) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        return Err(no_such_topic());
-    };
-    match meta.error() {
-        None => {}
-        Some(code) if RDKafkaErrorCode::from(code) == RDKafkaErrorCode::UnknownTopicOrPartition => {
-            return Err(no_such_topic());
-        }
-        Some(code) => return Err(unreachable(KafkaError::MetadataFetch(code.into()))),
-    }
-    if meta.partitions().is_empty() {
-        return Err(no_such_topic());
-    }
     let mut end_offsets = BTreeMap::new();
-    for partition in meta.partitions() {
+    for partition in partitions {
         let (_, high) = client
-            .fetch_watermarks(topic, partition.id(), TIMEOUT)
-            .map_err(unreachable)?;
-        end_offsets.insert(partition.id(), high);
+            .fetch_watermarks(topic, partition, TIMEOUT)
+            .map_err(|source| KafkaProblem::Unreachable {
+                bootstrap: bootstrap.to_owned(),
+                source,
+            })?;
+        end_offsets.insert(partition, high);
     }
     Ok(TopicInfo {
         partitions: i32::try_from(end_offsets.len()).unwrap_or(i32::MAX),

@@ -27,7 +27,7 @@ use streamjob_tests::{
     run, run_ok,
     scenario::{Scenario, assert_only_reference_emissions, expected, generate},
     temp_namespace, wait_for,
-    worker::{produce, producer},
+    worker::{create_topic, produce, producer},
 };
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
@@ -338,6 +338,50 @@ async fn what_the_api_server_cannot_check_ends_in_a_stalled_condition_naming_it(
             .unwrap()
             .is_none()
     );
+}
+
+#[tokio::test]
+async fn a_missing_output_topic_stalls_the_job_until_it_exists() {
+    let client = kube_client().await;
+    ensure_crd(&client).await;
+    let ns = temp_namespace("op-out");
+    let n = ns.name.as_str();
+    let scenario = &Scenario::new("out").await;
+    create_s3_secret(n);
+    let _operator = Operator::start(n, &[], &scenario.dir.join("operator.log"));
+    let name = &scenario.name;
+
+    // The broker creates no topics (the stack sets auto.create.topics.enable=false).
+    let (sink, dead_letter) = (format!("{name}-late"), format!("{name}-late-dlq"));
+    let mut manifest = job_manifest(scenario, n, 1);
+    manifest["spec"]["sink"]["kafka"]["topic"] = json!(sink);
+    manifest["spec"]["deadLetter"]["topic"] = json!(dead_letter);
+    kubectl_apply(scenario, &manifest);
+    let job = wait_for_condition(n, name, "Stalled", "True", Duration::from_secs(60)).await;
+    let stalled = condition(&job, "Stalled");
+    assert_eq!(stalled.reason, "OutputTopicNotFound", "{}", stalled.message);
+    for topic in [&sink, &dead_letter] {
+        assert!(
+            stalled.message.contains(topic.as_str()),
+            "{}",
+            stalled.message
+        );
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), n);
+    let worker = format!("{name}-worker");
+    assert!(
+        deployments.get_opt(&worker).await.unwrap().is_none(),
+        "no workers start for outputs that cannot take records"
+    );
+
+    // Created topics lift it without any change to the job.
+    create_topic(&scenario.bootstrap, &sink, 1).await;
+    create_topic(&scenario.bootstrap, &dead_letter, 1).await;
+    wait_for_condition(n, name, "Stalled", "False", Duration::from_secs(60)).await;
+    wait_for("the worker Deployment", Duration::from_secs(30), || async {
+        deployments.get_opt(&worker).await.unwrap()
+    })
+    .await;
 }
 
 #[tokio::test]

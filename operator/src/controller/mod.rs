@@ -358,18 +358,26 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 .and_then(|running| validate::state_blocker(job, &running.spec))
         })
         .or_else(|| observed.restore_from.clone().and_then(Result::err));
-    let blocker = spec_blocker
+    // Kafka's answers change without an event to watch: such a blocker is looked at again
+    // sooner than one only a spec change can lift.
+    let outside = observed
+        .outputs
         .clone()
         .or_else(|| observed.topic.as_ref().err().cloned());
+    let blocker = spec_blocker.clone().or_else(|| outside.clone());
+    // Outputs that cannot take records block like a spec that cannot run.
+    let cannot_run = spec_blocker.clone().or_else(|| observed.outputs.clone());
 
-    // A pipeline that cannot run leaves the workers on the last pipeline that could; the
-    // rest of the spec (parallelism, state, image) still applies, and pods still come and
-    // go, so the plan keeps following them.
-    let runnable = match (&spec_blocker, &observed.plan) {
+    // A pipeline or outputs that cannot run leave the workers on the last ones that could;
+    // the rest of the spec (parallelism, state, image) still applies, and pods still come
+    // and go, so the plan keeps following them.
+    let runnable = match (&cannot_run, &observed.plan) {
         (None, _) => Some(job.clone()),
         (Some(_), Some(previous)) => {
             let mut last_good = job.clone();
             last_good.spec.pipeline = previous.spec.pipeline.clone();
+            last_good.spec.sink = previous.spec.sink.clone();
+            last_good.spec.dead_letter = previous.spec.dead_letter.clone();
             validate::spec_blocker(&last_good)
                 .is_none()
                 .then_some(last_good)
@@ -465,8 +473,10 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
         .conditions
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True");
-    Ok(if blocker.is_some() {
+    Ok(if spec_blocker.is_some() {
         Action::requeue(Duration::from_secs(60))
+    } else if outside.is_some() {
+        Action::requeue(Duration::from_secs(15))
     } else if new_status.rescale.is_some() {
         // Savepoint parts landing in storage trigger no watch event: look again soon.
         Action::requeue(Duration::from_secs(2))

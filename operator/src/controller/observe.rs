@@ -19,7 +19,7 @@ use super::{
     planning::{PodLifecycle, WorkerPod},
     savepoint::{self, SavepointManifest, SavepointPart},
 };
-use crate::kafka::{KafkaProblem, TopicInfo};
+use crate::kafka::{KafkaProblem, OutputTopic, TopicInfo};
 
 /// What reconcile found.
 #[derive(Debug)]
@@ -39,6 +39,9 @@ pub struct Observed {
     /// The savepoint `spec.restoreFrom` names, read while some partition has no checkpoint
     /// yet (it is what such a partition starts from), or why it cannot be used.
     pub restore_from: Option<Result<SavepointManifest, Blocker>>,
+    /// Why the outputs cannot take records: a sink or dead-letter topic that does not exist
+    /// and that the brokers will not create (asked only while the source topic answers).
+    pub outputs: Option<Blocker>,
 }
 
 /// The job's objects in storage.
@@ -135,6 +138,11 @@ pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> 
         ))
     };
 
+    let outputs = match &topic {
+        Ok(_) => output_blocker(job, ctx, &kafka_props).await,
+        Err(_) => None,
+    };
+
     // The plan this process applied last, while nobody has touched it since; else a read.
     let plan_data = match ctx.children.config_map_data(&namespace, &names.plan()) {
         Some(data) => Some(data),
@@ -192,6 +200,44 @@ pub async fn observe(job: &StreamJob, ctx: &Context) -> Result<Observed, Error> 
         storage,
         parts,
         restore_from,
+        outputs,
+    })
+}
+
+/// Why the job's output topics cannot take records, if they cannot: one that does not exist
+/// while the brokers do not create topics on first use (the workers' writes would fail).
+async fn output_blocker(
+    job: &StreamJob,
+    ctx: &Context,
+    props: &BTreeMap<String, String>,
+) -> Option<Blocker> {
+    let sink = job.spec.sink.kafka.as_ref();
+    let bootstrap = sink
+        .and_then(|k| k.bootstrap_servers.as_deref())
+        .unwrap_or(&job.spec.source.kafka.bootstrap_servers);
+    let sink_topic = sink.map(|k| ("sink.kafka.topic", &k.topic));
+    let dead_letter_topic = job
+        .spec
+        .dead_letter
+        .as_ref()
+        .map(|d| ("deadLetter.topic", &d.topic));
+    let mut missing = Vec::new();
+    for (field, topic) in sink_topic.into_iter().chain(dead_letter_topic) {
+        match ctx.kafka.output_topic(bootstrap, props, topic).await {
+            Ok(OutputTopic::Missing) => missing.push(format!("{field} {topic:?}")),
+            Ok(OutputTopic::Exists | OutputTopic::CreatedOnFirstUse) => {}
+            Err(problem) => return Some(kafka_blocker(&problem)),
+        }
+    }
+    (!missing.is_empty()).then(|| {
+        Blocker::new(
+            "OutputTopicNotFound",
+            format!(
+                "{} does not exist on {bootstrap}, and the brokers do not create topics on \
+                 first use (auto.create.topics.enable=false): create it",
+                missing.join(" and ")
+            ),
+        )
     })
 }
 

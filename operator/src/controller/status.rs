@@ -561,6 +561,7 @@ mod tests {
             storage: None,
             parts: BTreeMap::new(),
             restore_from: None,
+            outputs: None,
         }
     }
 
