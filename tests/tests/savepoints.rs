@@ -244,6 +244,28 @@ async fn requested_savepoints_are_kept_under_retention_and_a_new_job_restores_fr
         "each savepoint is an epoch of its own"
     );
 
+    // Another job (suspended: it never runs) names the second one in its restoreFrom:
+    // retention then deletes the next oldest instead.
+    let waiting = format!("{name}-c");
+    let mut manifest = job_manifest(scenario, n, 1);
+    manifest["metadata"]["name"] = json!(waiting);
+    manifest["spec"]["state"] = json!("suspended");
+    manifest["spec"]["restoreFrom"] = json!(urls[1]);
+    kubectl_apply(scenario, &manifest);
+    wait_for_condition(n, &waiting, "Ready", "True", READY_TIMEOUT).await;
+    request_savepoint(&client, n, name, "fourth").await;
+    let job = await_settled(&client, n, name, "savepoint fourth", |job| {
+        savepoint_names(job).contains(&"fourth".to_owned())
+    })
+    .await;
+    urls.push(savepoint_url(&job, "fourth"));
+    assert_eq!(savepoint_names(&job), vec!["second", "fourth"]);
+    assert!(
+        exists(&urls[1]).await,
+        "the savepoint another job names is kept"
+    );
+    assert!(!exists(&urls[2]).await, "the next oldest is deleted");
+
     // Stop the job and start another one from its newest savepoint, on the same input.
     let jobs: Api<StreamJob> = Api::namespaced(client.clone(), n);
     jobs.patch(
@@ -266,7 +288,7 @@ async fn requested_savepoints_are_kept_under_retention_and_a_new_job_restores_fr
     let mut manifest = job_manifest(scenario, n, 2);
     manifest["metadata"]["name"] = json!(successor);
     manifest["spec"]["sink"]["kafka"]["topic"] = json!(topic);
-    manifest["spec"]["restoreFrom"] = json!(urls[2]);
+    manifest["spec"]["restoreFrom"] = json!(urls[3]);
     kubectl_apply(scenario, &manifest);
     wait_for_condition(n, &successor, "Ready", "True", READY_TIMEOUT).await;
     assert_eq!(

@@ -140,6 +140,8 @@ pub struct Context {
     pub client: Client,
     /// Cache of every operator-managed pod.
     pub pods: Store<Pod>,
+    /// Cache of every StreamJob the controller watches (untyped).
+    pub jobs: Store<DynamicObject>,
     /// Metadata of every operator-managed child, and what this process last applied.
     pub children: ChildCache,
     /// Kafka metadata clients.
@@ -206,22 +208,6 @@ pub async fn run(
             instance: Some(options.identity.clone()),
         },
     );
-    let (children, child_streams) = cache::child_cache(&client, namespace, &managed);
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        pods: pod_store,
-        children,
-        kafka: KafkaClients::default(),
-        defaults: options.defaults.clone(),
-        recorder,
-        metrics,
-        pruned: Mutex::default(),
-        failures: Mutex::default(),
-        status_interval: options.status_interval,
-        savepoint_timeout: jiff::SignedDuration::try_from(options.savepoint_timeout)
-            .unwrap_or(jiff::SignedDuration::MAX),
-    });
-
     // StreamJobs are watched untyped and decoded one by one in reconcile: an object that
     // does not decode (stored under an older schema, say) gets a Stalled condition instead
     // of failing the watch, and so the reconciliation of every other job.
@@ -235,6 +221,23 @@ pub async fn run(
     // reconcile never reads.
     let job_writer = reflector::store::Writer::new(resource.clone());
     let job_store = job_writer.as_reader();
+    let (children, child_streams) = cache::child_cache(&client, namespace, &managed);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        pods: pod_store,
+        jobs: job_store.clone(),
+        children,
+        kafka: KafkaClients::default(),
+        defaults: options.defaults.clone(),
+        recorder,
+        metrics,
+        pruned: Mutex::default(),
+        failures: Mutex::default(),
+        status_interval: options.status_interval,
+        savepoint_timeout: jiff::SignedDuration::try_from(options.savepoint_timeout)
+            .unwrap_or(jiff::SignedDuration::MAX),
+    });
+
     let job_events = reflector::reflector(
         job_writer,
         watcher(jobs, watcher::Config::default().any_semantic())
@@ -421,7 +424,7 @@ async fn reconcile_job(job: &StreamJob, ctx: &Context) -> Result<Action, Error> 
                 }
                 _ => {}
             }
-            retain_savepoints(job, &observed, &plan, &mut savepoints).await?;
+            retain_savepoints(job, &observed, &plan, &mut savepoints, ctx).await?;
             // While a savepoint is taken, the pods keep the template they run: a changed
             // image or resources roll out once the savepoint exists.
             let mut template = runnable.clone();
@@ -602,6 +605,7 @@ async fn retain_savepoints(
     observed: &observe::Observed,
     plan: &Plan,
     savepoints: &mut Vec<streamjob_api::SavepointStatus>,
+    ctx: &Context,
 ) -> Result<(), Error> {
     let retained = usize::try_from(job.spec.savepoints.retained).unwrap_or(1);
     let Some(storage) = &observed.storage else {
@@ -615,14 +619,14 @@ async fn retain_savepoints(
         .values()
         .map(|r| r.savepoint.as_str())
         .collect();
-    if let Some(id) = job
-        .spec
-        .restore_from
-        .as_deref()
-        .and_then(savepoint::id_in_url)
-    {
-        protected.insert(id);
-    }
+    // Any job's restoreFrom (this one's, or another's that starts from this job's state).
+    let jobs = ctx.jobs.state();
+    let restores = jobs
+        .iter()
+        .filter_map(|other| other.data.get("spec")?.get("restoreFrom")?.as_str())
+        .chain(job.spec.restore_from.as_deref());
+    let named = savepoint::named_by(savepoints, restores);
+    protected.extend(named.iter().map(String::as_str));
     let deleted = savepoint::retain(storage, savepoints, retained, &protected)
         .await
         .map_err(|e| Error::Storage(format!("cannot delete old savepoints: {e}")))?;

@@ -230,10 +230,22 @@ pub fn bucket_of(url: &str) -> &str {
     &url[..end]
 }
 
-/// The savepoint id a `restoreFrom` URL names: the path segment after `savepoints/`.
-pub fn id_in_url(url: &str) -> Option<&str> {
-    let (_, rest) = url.rsplit_once("/savepoints/")?;
-    rest.split('/').next().filter(|id| !id.is_empty())
+/// The names of the savepoints of `history` that one of `restores` (`restoreFrom` URLs of
+/// any job: a savepoint's directory or its manifest) points at.
+pub fn named_by<'r>(
+    history: &[SavepointStatus],
+    restores: impl IntoIterator<Item = &'r str>,
+) -> BTreeSet<String> {
+    let directory = |url: &str| {
+        let url = url.trim_end_matches('/');
+        url.strip_suffix("/manifest.json").unwrap_or(url).to_owned()
+    };
+    let wanted: BTreeSet<String> = restores.into_iter().map(directory).collect();
+    history
+        .iter()
+        .filter(|savepoint| wanted.contains(&directory(&savepoint.url)))
+        .map(|savepoint| savepoint.name.clone())
+        .collect()
 }
 
 /// The URL of the object at `path` (from the store's root) in the store of `storage_url`:
@@ -324,16 +336,31 @@ mod tests {
     }
 
     #[test]
-    fn restore_urls_name_their_savepoint() {
-        assert_eq!(
-            id_in_url("s3://b/p/ns/job/savepoints/before-v2/manifest.json"),
-            Some("before-v2")
+    fn a_savepoint_is_named_by_a_restore_of_its_directory_or_manifest_only() {
+        let history: Vec<SavepointStatus> = ["e2-rescale", "e4-rescale", "before-v2"]
+            .into_iter()
+            .map(|id| SavepointStatus {
+                name: id.into(),
+                url: format!("s3://b/p/ns/job/savepoints/{id}/manifest.json"),
+                epoch: 1,
+                time: Time(jiff::Timestamp::UNIX_EPOCH),
+                reason: "rescale".into(),
+            })
+            .collect();
+        let named = named_by(
+            &history,
+            [
+                "s3://b/p/ns/job/savepoints/e2-rescale/manifest.json",
+                "s3://b/p/ns/job/savepoints/before-v2/",
+                // Another job's savepoint of the same name, another bucket: not ours.
+                "s3://b/p/ns/other/savepoints/e4-rescale",
+                "s3://c/p/ns/job/savepoints/e4-rescale",
+            ],
         );
         assert_eq!(
-            id_in_url("s3://b/p/ns/job/savepoints/e4-rescale"),
-            Some("e4-rescale")
+            named,
+            BTreeSet::from(["e2-rescale".into(), "before-v2".into()])
         );
-        assert_eq!(id_in_url("s3://b/p/ns/job/checkpoints"), None);
     }
 
     #[test]
