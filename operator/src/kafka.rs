@@ -5,7 +5,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rdkafka::{
@@ -67,26 +67,44 @@ pub enum OutputTopic {
     Missing,
 }
 
+/// How long a topic's description serves every job that reads that topic: a thousand jobs
+/// of one topic ask Kafka once, not a thousand times.
+const TOPIC_TTL: Duration = Duration::from_secs(1);
+
 /// Shared Kafka metadata clients, one per cluster configuration.
 #[derive(Default)]
 pub struct KafkaClients {
     clients: Mutex<HashMap<String, Arc<BaseConsumer>>>,
     admins: Mutex<HashMap<String, Arc<AdminClient<DefaultClientContext>>>>,
+    /// Recent topic descriptions by cluster configuration and topic.
+    topics: Mutex<HashMap<(String, String), (Instant, TopicInfo)>>,
 }
 
 impl KafkaClients {
-    /// Partition count and end offsets of `topic`.
+    /// Partition count and end offsets of `topic` (at most [`TOPIC_TTL`] old).
     pub async fn topic(
         &self,
         bootstrap: &str,
         props: &BTreeMap<String, String>,
         topic: &str,
     ) -> Result<TopicInfo, KafkaProblem> {
+        let key = (client_key(bootstrap, props), topic.to_owned());
+        let recent = lock(&self.topics)
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < TOPIC_TTL)
+            .map(|(_, info)| info.clone());
+        if let Some(info) = recent {
+            return Ok(info);
+        }
         let client = self.client(bootstrap, props)?;
         let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-        tokio::task::spawn_blocking(move || describe(&client, &bootstrap, &topic))
+        let info = tokio::task::spawn_blocking(move || describe(&client, &bootstrap, &topic))
             .await
-            .map_err(|_| KafkaProblem::Task)?
+            .map_err(|_| KafkaProblem::Task)??;
+        let mut topics = lock(&self.topics);
+        topics.retain(|_, (at, _)| at.elapsed() < TOPIC_TTL);
+        topics.insert(key, (Instant::now(), info.clone()));
+        Ok(info)
     }
 
     /// Whether output `topic` exists, or else whether the brokers will create it when the
@@ -147,8 +165,8 @@ fn cached<C: rdkafka::config::FromClientConfig>(
     bootstrap: &str,
     props: &BTreeMap<String, String>,
 ) -> Result<Arc<C>, KafkaProblem> {
-    let key = format!("{bootstrap}\n{props:?}");
-    let mut clients = clients.lock().unwrap_or_else(|e| e.into_inner());
+    let key = client_key(bootstrap, props);
+    let mut clients = lock(clients);
     if let Some(client) = clients.get(&key) {
         return Ok(client.clone());
     }
@@ -158,6 +176,15 @@ fn cached<C: rdkafka::config::FromClientConfig>(
     let client = Arc::new(client);
     clients.insert(key, client.clone());
     Ok(client)
+}
+
+/// Names a cluster configuration.
+fn client_key(bootstrap: &str, props: &BTreeMap<String, String>) -> String {
+    format!("{bootstrap}\n{props:?}")
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A topic's partitions, or the broker that said it has none.

@@ -73,6 +73,10 @@ struct RunArgs {
     /// Reconciles running at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
+    /// How long a job's triggers (its own changes, its children's, its pods') are gathered
+    /// before one reconcile runs for all of them, e.g. `250ms`; `0s` reconciles on each.
+    #[arg(long, default_value = "250ms", value_parser = parse_duration)]
+    debounce: Duration,
     /// How often a running job's status (offsets, lag, checkpoints, topic partitions) is
     /// refreshed, e.g. `30s`.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
@@ -87,9 +91,21 @@ struct RunArgs {
     log_format: LogFormat,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+/// Threads for blocking calls (Kafka metadata requests): reconciles beyond this many wait
+/// for one, and each thread costs memory (its stack, and often an allocator arena).
+const BLOCKING_THREADS: usize = 4;
+
+fn main() -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(cli(Cli::parse()))
+}
+
+async fn cli(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Crd => {
             let yaml =
                 streamjob_operator::crdgen::crd_yaml().context("failed to render the CRD")?;
@@ -156,6 +172,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         identity,
         concurrency: args.concurrency,
+        debounce: args.debounce,
         status_interval: args.status_interval,
         savepoint_timeout: args.savepoint_timeout,
     };

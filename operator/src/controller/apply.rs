@@ -15,8 +15,9 @@ use super::{
     names::{ChildNames, MANAGER},
 };
 
-/// Applies every child, the RBAC and plan before the Deployment that needs them; a child
-/// that is unchanged since this process applied it, and untouched since, is not sent again.
+/// Applies every child: the RBAC, plan and Service at once, then the Deployment that needs
+/// them; a child that is unchanged since this process applied it, and untouched since, is
+/// not sent again.
 pub async fn apply(
     client: &Client,
     cache: &ChildCache,
@@ -28,17 +29,14 @@ pub async fn apply(
         cache,
         namespace,
     };
-    apply
-        .one(&children.service_account, "worker ServiceAccount")
-        .await?;
-    apply.one(&children.role, "worker Role").await?;
-    apply
-        .one(&children.role_binding, "worker RoleBinding")
-        .await?;
-    apply.one(&children.plan, "plan ConfigMap").await?;
-    apply.one(&children.service, "worker Service").await?;
-    apply.one(&children.deployment, "worker Deployment").await?;
-    Ok(())
+    futures::try_join!(
+        apply.one(&children.service_account, "worker ServiceAccount"),
+        apply.one(&children.role, "worker Role"),
+        apply.one(&children.role_binding, "worker RoleBinding"),
+        apply.one(&children.plan, "plan ConfigMap"),
+        apply.one(&children.service, "worker Service"),
+    )?;
+    apply.one(&children.deployment, "worker Deployment").await
 }
 
 struct Applier<'a> {
