@@ -566,6 +566,20 @@ async fn a_pipeline_change_reaches_the_running_workers_without_new_pods() {
     };
     let params = ListParams::default().labels(&worker_pods_selector(name));
     let before = pod_names(pods.list(&params).await.unwrap().items);
+    // Each worker's runs so far (a pod that started before it owned partitions has already
+    // restarted its run once, for the plan that gave it some).
+    let runs = |pod: &Pod| {
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone())?;
+        worker_metric(&ip, "streamjob_runs_total")
+    };
+    let runs_before: std::collections::BTreeMap<String, f64> = pods
+        .list(&params)
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|pod| (pod.metadata.name.clone().unwrap(), runs(pod).unwrap()))
+        .collect();
 
     let events = generate(16, 300);
     let reference = expected(&events);
@@ -592,9 +606,10 @@ async fn a_pipeline_change_reaches_the_running_workers_without_new_pods() {
         || async {
             let items = pods.list(&params).await.ok()?.items;
             let restarted = items.iter().all(|pod| {
-                let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-                ip.and_then(|ip| worker_metric(&ip, "streamjob_runs_total"))
-                    .is_some_and(|runs| runs >= 2.0)
+                let before = pod.metadata.name.as_ref().and_then(|n| runs_before.get(n));
+                runs(pod)
+                    .zip(before)
+                    .is_some_and(|(now, before)| now > *before)
             });
             (items.len() == 2 && restarted).then_some(())
         },

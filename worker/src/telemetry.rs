@@ -14,8 +14,8 @@ use crate::snapshot::SnapshotId;
 mod handover;
 
 pub use handover::{
-    HandoverApplied, HandoverStarted, PartitionReleased, PartitionRunning, RestoreFailed,
-    SavepointPartAwaited, SavepointPartWritten, SavepointPartsRequested,
+    FirstRecord, HandoverApplied, HandoverStarted, PartitionReleased, PartitionRunning,
+    RestoreFailed, SavepointPartAwaited, SavepointPartWritten, SavepointPartsRequested,
 };
 
 /// `duration` in whole milliseconds, for log fields.

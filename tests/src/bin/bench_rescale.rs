@@ -265,9 +265,10 @@ async fn main() {
         };
         println!(
             "  moving partition {p}: {pause:.3}s from its old owner taking the plan to its new \
-             owner running it (part durable at {}, restored at {})",
+             owner's first record (part durable at {}, restored at {}, running at {})",
             stage(&logged.written),
-            stage(&logged.restored)
+            stage(&logged.restored),
+            stage(&logged.running)
         );
     }
     println!(
@@ -315,9 +316,12 @@ fn send(
 
 /// Pauses as the workers logged them.
 struct LoggedPauses {
-    /// Moving partition → seconds from the old owner applying the plan to the new owner
-    /// running the partition.
+    /// Moving partition → seconds from the old owner applying the plan (its last record
+    /// came before) to the new owner's first record of the partition.
     moving: BTreeMap<i32, f64>,
+    /// Moving partition → seconds from the old owner applying the plan to the new owner
+    /// running the partition (assigned at its offset).
+    running: BTreeMap<i32, f64>,
     /// Moving partition → seconds from the old owner applying the plan to its part durable.
     written: BTreeMap<i32, f64>,
     /// Moving partition → seconds from the old owner applying the plan to the new owner
@@ -334,6 +338,7 @@ fn logged_pauses(state_dir: &std::path::Path, namespace: &str, epoch: u64) -> Lo
     let mut starts = BTreeMap::new(); // partition → when its new owner ran it
     let mut written = BTreeMap::new(); // partition → when its part was durable
     let mut restored = BTreeMap::new(); // partition → when its new owner restored it
+    let mut firsts = BTreeMap::new(); // partition → its new owner's first record
     let mut kept = Vec::new();
     let dirs = std::fs::read_dir(state_dir).expect("the pod runner's state dir");
     for dir in dirs.flatten() {
@@ -361,6 +366,7 @@ fn logged_pauses(state_dir: &std::path::Path, namespace: &str, epoch: u64) -> Lo
                 "partition running" => Some(&mut starts),
                 "savepoint part written" => Some(&mut written),
                 "partition restored" => Some(&mut restored),
+                "partition's first record" => Some(&mut firsts),
                 _ => None,
             } {
                 if let Some(p) = fields["partition"].as_i64() {
@@ -376,7 +382,8 @@ fn logged_pauses(state_dir: &std::path::Path, namespace: &str, epoch: u64) -> Lo
             .collect()
     };
     LoggedPauses {
-        moving: since_stop(&starts),
+        moving: since_stop(&firsts),
+        running: since_stop(&starts),
         written: since_stop(&written),
         restored: since_stop(&restored),
         kept,

@@ -378,6 +378,7 @@ impl ProcessLoop {
                 next_offset,
                 ..RecordsProcessed::default()
             },
+            awaits_first_record: Some(std::time::Instant::now()),
         };
         restored.report.emit();
         if completed.is_none() {

@@ -166,6 +166,8 @@ struct PartitionRun {
     /// The newest checkpoint known durable.
     completed: Option<SnapshotId>,
     counts: RecordsProcessed,
+    /// When the partition started running, until its first record is processed.
+    awaits_first_record: Option<Instant>,
 }
 
 /// Starts the Kafka clients, the uploader and the restorer, then runs the hot loop (which

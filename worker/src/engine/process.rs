@@ -31,7 +31,7 @@ use crate::{
     pipeline::{FailedResult, InputRecord, Output, Outputs, Pipeline, RecordError, RecordStats},
     plan::Plan,
     snapshot::SnapshotId,
-    telemetry::{Event, RecordDeadLettered, RecordsProcessed},
+    telemetry::{Event, FirstRecord, RecordDeadLettered, RecordsProcessed},
     uploader::{SnapshotTarget, UploadDone, UploadRequest},
 };
 
@@ -168,6 +168,15 @@ impl ProcessLoop {
         let Some(run) = self.runs.get_mut(&record.partition) else {
             return; // Not ours (cannot happen with explicit assignment).
         };
+        if let Some(started) = run.awaits_first_record.take() {
+            FirstRecord {
+                partition: record.partition,
+                epoch: self.plan.epoch,
+                offset: record.offset,
+                after: started.elapsed(),
+            }
+            .emit();
+        }
         let mut stats = RecordStats::default();
         outputs.clear();
         let result = self

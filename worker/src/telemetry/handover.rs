@@ -179,6 +179,31 @@ impl Event for PartitionRunning {
     }
 }
 
+/// A partition that started running processed its first record (the end of its pause, when
+/// it moved here).
+pub struct FirstRecord {
+    /// Partition.
+    pub partition: i32,
+    /// The plan epoch it runs under.
+    pub epoch: u64,
+    /// The record's offset.
+    pub offset: i64,
+    /// Time since the partition started running.
+    pub after: Duration,
+}
+
+impl Event for FirstRecord {
+    fn emit(self) {
+        tracing::info!(
+            partition = self.partition,
+            epoch = self.epoch,
+            offset = self.offset,
+            after_ms = millis(self.after),
+            "partition's first record"
+        );
+    }
+}
+
 /// A partition this pod lost is stopped and its state dropped, now that its last snapshot is
 /// durable.
 pub struct PartitionReleased<'a> {
