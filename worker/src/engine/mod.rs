@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rdkafka::consumer::Consumer as _;
 use streamjob_api::IncompatibleState;
 use thiserror::Error;
 use tokio::sync::mpsc as async_mpsc;
@@ -181,6 +182,17 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
     )
     .map_err(Box::new)?;
     let consumer = Arc::new(consumer);
+    // librdkafka looks up the leaders of a topic it does not know yet on its one-second
+    // timer after the first assign: a partition that starts here (a moved partition whose
+    // part was just restored, say) would wait up to a second for its first fetch. Knowing
+    // the topic beforehand, it is fetched at once (measured: ~200 ms → 1–3 ms under load).
+    let warm = (consumer.clone(), source.topic.clone());
+    tokio::task::spawn_blocking(move || {
+        let (consumer, topic) = warm;
+        if let Err(error) = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10)) {
+            tracing::debug!(%error, "no early metadata of the source topic; the first fetch may wait");
+        }
+    });
 
     let sink_bootstrap = ctx
         .plan
