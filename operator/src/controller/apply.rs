@@ -15,9 +15,11 @@ use super::{
     names::{ChildNames, MANAGER},
 };
 
-/// Applies every child: the RBAC, plan and Service at once, then the Deployment that needs
-/// them; a child that is unchanged since this process applied it, and untouched since, is
-/// not sent again.
+/// Applies every child in two rounds of concurrent applies: what nothing else refers to
+/// (ServiceAccount, Role, plan, Service), then what refers to them (the RoleBinding names
+/// the Role, which the API server's escalation check reads; the Deployment's pods need the
+/// ServiceAccount and the plan). A child that is unchanged since this process applied it,
+/// and untouched since, is not sent again.
 pub async fn apply(
     client: &Client,
     cache: &ChildCache,
@@ -32,11 +34,14 @@ pub async fn apply(
     futures::try_join!(
         apply.one(&children.service_account, "worker ServiceAccount"),
         apply.one(&children.role, "worker Role"),
-        apply.one(&children.role_binding, "worker RoleBinding"),
         apply.one(&children.plan, "plan ConfigMap"),
         apply.one(&children.service, "worker Service"),
     )?;
-    apply.one(&children.deployment, "worker Deployment").await
+    futures::try_join!(
+        apply.one(&children.role_binding, "worker RoleBinding"),
+        apply.one(&children.deployment, "worker Deployment"),
+    )?;
+    Ok(())
 }
 
 struct Applier<'a> {
