@@ -96,11 +96,7 @@ impl KafkaClients {
         if let Some(info) = recent {
             return Ok(info);
         }
-        let client = self.client(bootstrap, props)?;
-        let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
-        let info = tokio::task::spawn_blocking(move || describe(&client, &bootstrap, &topic))
-            .await
-            .map_err(|_| KafkaProblem::Task)??;
+        let info = self.blocking(bootstrap, props, topic, describe).await?;
         let mut topics = lock(&self.topics);
         topics.retain(|_, (at, _)| at.elapsed() < TOPIC_TTL);
         topics.insert(key, (Instant::now(), info.clone()));
@@ -115,13 +111,7 @@ impl KafkaClients {
         props: &BTreeMap<String, String>,
         topic: &str,
     ) -> Result<OutputTopic, KafkaProblem> {
-        let client = self.client(bootstrap, props)?;
-        let (bootstrap_owned, topic_owned) = (bootstrap.to_owned(), topic.to_owned());
-        let found =
-            tokio::task::spawn_blocking(move || lookup(&client, &bootstrap_owned, &topic_owned))
-                .await
-                .map_err(|_| KafkaProblem::Task)??;
-        let broker = match found {
+        let broker = match self.blocking(bootstrap, props, topic, lookup).await? {
             Lookup::Found(_) => return Ok(OutputTopic::Exists),
             Lookup::Missing { broker } => broker,
         };
@@ -150,12 +140,20 @@ impl KafkaClients {
         })
     }
 
-    fn client(
+    /// Runs `request` (blocking calls about `topic`) with this cluster's metadata client,
+    /// off the async runtime.
+    async fn blocking<T: Send + 'static>(
         &self,
         bootstrap: &str,
         props: &BTreeMap<String, String>,
-    ) -> Result<Arc<BaseConsumer>, KafkaProblem> {
-        cached(&self.clients, bootstrap, props)
+        topic: &str,
+        request: fn(&BaseConsumer, &str, &str) -> Result<T, KafkaProblem>,
+    ) -> Result<T, KafkaProblem> {
+        let client = cached(&self.clients, bootstrap, props)?;
+        let (bootstrap, topic) = (bootstrap.to_owned(), topic.to_owned());
+        tokio::task::spawn_blocking(move || request(&client, &bootstrap, &topic))
+            .await
+            .map_err(|_| KafkaProblem::Task)?
     }
 }
 
@@ -187,6 +185,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Turns a failed request to the cluster at `bootstrap` into the problem it reports.
+fn unreachable(bootstrap: &str) -> impl Fn(KafkaError) -> KafkaProblem + '_ {
+    move |source| KafkaProblem::Unreachable {
+        bootstrap: bootstrap.to_owned(),
+        source,
+    }
+}
+
 /// A topic's partitions, or the broker that said it has none.
 enum Lookup {
     Found(Vec<i32>),
@@ -194,12 +200,10 @@ enum Lookup {
 }
 
 fn lookup(client: &BaseConsumer, bootstrap: &str, topic: &str) -> Result<Lookup, KafkaProblem> {
+    let unreachable = unreachable(bootstrap);
     let metadata = client
         .fetch_metadata(Some(topic), TIMEOUT)
-        .map_err(|source| KafkaProblem::Unreachable {
-            bootstrap: bootstrap.to_owned(),
-            source,
-        })?;
+        .map_err(&unreachable)?;
     let missing = Lookup::Missing {
         broker: metadata.orig_broker_id(),
     };
@@ -211,12 +215,7 @@ fn lookup(client: &BaseConsumer, bootstrap: &str, topic: &str) -> Result<Lookup,
         Some(code) if RDKafkaErrorCode::from(code) == RDKafkaErrorCode::UnknownTopicOrPartition => {
             return Ok(missing);
         }
-        Some(code) => {
-            return Err(KafkaProblem::Unreachable {
-                bootstrap: bootstrap.to_owned(),
-                source: KafkaError::MetadataFetch(code.into()),
-            });
-        }
+        Some(code) => return Err(unreachable(KafkaError::MetadataFetch(code.into()))),
     }
     if meta.partitions().is_empty() {
         return Ok(missing);
@@ -241,10 +240,7 @@ fn describe(
     for partition in partitions {
         let (_, high) = client
             .fetch_watermarks(topic, partition, TIMEOUT)
-            .map_err(|source| KafkaProblem::Unreachable {
-                bootstrap: bootstrap.to_owned(),
-                source,
-            })?;
+            .map_err(unreachable(bootstrap))?;
         end_offsets.insert(partition, high);
     }
     Ok(TopicInfo {

@@ -166,7 +166,7 @@ impl ProcessLoop {
         SavepointPartsRequested {
             savepoint: id,
             flush: flushed,
-            copy: started.elapsed() - flushed,
+            take: started.elapsed() - flushed,
         }
         .emit();
         Ok(savepoint)
@@ -187,13 +187,8 @@ impl ProcessLoop {
                 next_offset: run.next_offset,
             };
             let target = SnapshotTarget::SavepointPart(savepoint.clone());
-            send_upload(
-                &self.upload_tx,
-                run.partition,
-                run.state,
-                part,
-                target.clone(),
-            );
+            let request = upload_request(run.partition, run.state, part, target.clone());
+            send_upload(&self.upload_tx, request);
             let awaits = Durable { target, id: part };
             self.transitions.releasing.insert(run.partition, awaits);
         }
@@ -314,8 +309,7 @@ impl ProcessLoop {
             return;
         }
         for request in self.transitions.deferred_parts.drain(..) {
-            // The uploader only stops when the engine does; a closed channel means shutdown.
-            let _ = self.upload_tx.send(request);
+            send_upload(&self.upload_tx, request);
         }
     }
 

@@ -281,19 +281,14 @@ fn request_upload(
     id: SnapshotId,
     target: SnapshotTarget,
 ) {
-    send_upload(upload_tx, run.partition, run.state.clone(), id, target);
+    let request = upload_request(run.partition, run.state.clone(), id, target);
+    send_upload(upload_tx, request);
 }
 
-/// Hands `state` of `partition` to the uploader as snapshot `id`, to be written to `target`.
-fn send_upload(
-    upload_tx: &async_mpsc::UnboundedSender<UploadRequest>,
-    partition: i32,
-    state: PartitionState,
-    id: SnapshotId,
-    target: SnapshotTarget,
-) {
+/// Hands `request` to the uploader.
+fn send_upload(upload_tx: &async_mpsc::UnboundedSender<UploadRequest>, request: UploadRequest) {
     // The uploader only stops when the engine does; a closed channel means shutdown.
-    let _ = upload_tx.send(upload_request(partition, state, id, target));
+    let _ = upload_tx.send(request);
 }
 
 /// The request to write `state` of `partition` as snapshot `id` to `target`, taken now.

@@ -68,8 +68,9 @@ pub struct SavepointPartsRequested<'a> {
     pub savepoint: &'a str,
     /// Time spent waiting until every output so far was acknowledged.
     pub flush: Duration,
-    /// Time spent copying the states of the partitions that keep running.
-    pub copy: Duration,
+    /// Time spent taking the states (clones that share their data with the running
+    /// partitions) and stopping the partitions that leave.
+    pub take: Duration,
 }
 
 impl Event for SavepointPartsRequested<'_> {
@@ -77,7 +78,7 @@ impl Event for SavepointPartsRequested<'_> {
         tracing::info!(
             savepoint = self.savepoint,
             flush_ms = millis(self.flush),
-            copy_ms = millis(self.copy),
+            take_ms = millis(self.take),
             "savepoint parts requested"
         );
     }
