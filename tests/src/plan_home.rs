@@ -187,8 +187,14 @@ pub struct TwoWorkerJob {
 
 impl TwoWorkerJob {
     /// Starts both workers under epoch 1, then produces `per_partition` generated records
-    /// (from `seed`) per partition in `chunks` chunks, 150 ms apart.
-    pub async fn start(prefix: &str, seed: u64, per_partition: usize, chunks: usize) -> Self {
+    /// (from `seed`) per partition in `chunks` chunks, `pause` apart.
+    pub async fn start(
+        prefix: &str,
+        seed: u64,
+        per_partition: usize,
+        chunks: usize,
+        pause: Duration,
+    ) -> Self {
         let scenario = Scenario::new(prefix).await;
         let home = PlanHome::new(&scenario.name).await;
         let spec = scenario_spec(&scenario);
@@ -200,13 +206,7 @@ impl TwoWorkerJob {
         await_running(&a, 1).await;
         // b owns nothing in epoch 1: it idles and is ready (every partition it owns runs).
         await_running(&b, 1).await;
-        let producing = produce_paced(
-            &scenario.bootstrap,
-            &scenario.input,
-            &events,
-            chunks,
-            Duration::from_millis(150),
-        );
+        let producing = produce_paced(&scenario.bootstrap, &scenario.input, &events, chunks, pause);
         Self {
             scenario,
             home,

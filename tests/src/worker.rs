@@ -199,6 +199,12 @@ pub fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
 
 /// Produces `events` to `topic` (each to its partition, keyed by user) and flushes.
 pub fn produce(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, events: &[Event]) {
+    send_all(producer, topic, events);
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// Hands `events` to `producer` for `topic` (each to its partition, keyed by user).
+fn send_all(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str, events: &[Event]) {
     for event in events {
         let payload = event.payload();
         let mut record = BaseRecord::to(topic)
@@ -219,7 +225,6 @@ pub fn produce(producer: &ThreadedProducer<DefaultProducerContext>, topic: &str,
             }
         }
     }
-    producer.flush(Duration::from_secs(30)).expect("flush");
 }
 
 /// `events` round-robin over their partitions (each partition's order kept), so that every
@@ -241,8 +246,10 @@ pub fn interleaved(events: &[Event]) -> Vec<Event> {
         .collect()
 }
 
-/// Produces `events` interleaved over their partitions in `chunks` flushed chunks, `pause`
-/// apart, on a thread of its own: a steady stream for a while.
+/// Produces `events` interleaved over their partitions in `chunks` chunks, `pause` apart, on
+/// a thread of its own: a steady stream for a while. Chunks are not flushed one by one (a
+/// flush took up to a few hundred milliseconds, which set the pace instead of `pause`); the
+/// producer's linger sends each within milliseconds, and the end flushes them all.
 pub fn produce_paced(
     bootstrap: &str,
     topic: &str,
@@ -254,9 +261,10 @@ pub fn produce_paced(
     std::thread::spawn(move || {
         let producer = producer(&bootstrap);
         for chunk in events.chunks(events.len() / chunks.max(1) + 1) {
-            produce(&producer, &topic, chunk);
+            send_all(&producer, &topic, chunk);
             std::thread::sleep(pause);
         }
+        producer.flush(Duration::from_secs(30)).expect("flush");
     })
 }
 

@@ -26,8 +26,11 @@ use streamjob_worker::{
 
 /// Records per partition: enough that production outlasts the handovers.
 const PER_PARTITION: usize = 3000;
-/// Production in this many chunks, 150 ms apart (about 20 s of steady input).
-const CHUNKS: usize = 120;
+/// Production in this many chunks, `PAUSE` apart (about 20 s of steady input). A handover
+/// can take little more than one 100 ms sampling interval: records must arrive more often
+/// than that for a kept partition's offset to be able to advance during it.
+const CHUNKS: usize = 600;
+const PAUSE: Duration = Duration::from_millis(30);
 const SAVEPOINT_RESTORES: &str = r#"streamjob_partition_restores_total{source="savepoint"}"#;
 const CHECKPOINT_RESTORES: &str = r#"streamjob_partition_restores_total{source="checkpoint"}"#;
 
@@ -70,7 +73,7 @@ fn logged_offset(worker: &Worker, message: &str, fields: &[&str]) -> Option<i64>
 
 /// Starts `job` and waits until `a` has processed records of every partition.
 async fn started(prefix: &str, seed: u64) -> TwoWorkerJob {
-    let job = TwoWorkerJob::start(prefix, seed, PER_PARTITION, CHUNKS).await;
+    let job = TwoWorkerJob::start(prefix, seed, PER_PARTITION, CHUNKS, PAUSE).await;
     await_progress(&job.a, &[0, 1, 2, 3]).await;
     job
 }

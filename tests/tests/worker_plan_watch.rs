@@ -188,7 +188,7 @@ async fn a_changed_map_expression_applies_to_records_produced_after_the_change()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn moving_partitions_to_a_second_worker_continues_from_the_first_ones_checkpoints() {
-    let mut job = TwoWorkerJob::start("cm-move", 22, 3000, 40).await;
+    let mut job = TwoWorkerJob::start("cm-move", 22, 3000, 40, Duration::from_millis(150)).await;
     wait_for("a to checkpoint partitions 2 and 3", TIMEOUT, || async {
         [2, 3]
             .iter()
