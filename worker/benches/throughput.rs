@@ -5,15 +5,22 @@
 //! Run with `scripts/bench` (starts the local stack, builds in release, runs this).
 //! Environment: `BENCH_RECORDS` (default 5 000 000), `BENCH_PARTITIONS` (default 8),
 //! `BENCH_ROUNDS` (default 3: every run is repeated, interleaved, and each reports its best),
-//! `BENCH_COMPARE_WORKER` (the path of another worker binary, e.g. built from an earlier
-//! commit, measured in the same rounds), `BENCH_STATE_MB` (default 100), `BENCH_ONLY` (a
-//! comma-separated subset of `raw`, `forward`, `filter-map`, `window`, `checkpoint`, e.g. to
+//! `BENCH_WARMUP` (default 3: unmeasured consume + produce passes that warm the broker's JIT up
+//! first), `BENCH_THREADS` (set: print each run's CPU per thread of its process and the
+//! broker), `BENCH_COMPARE_WORKER` (the path of another worker binary, e.g. built from an
+//! earlier commit, measured in the same rounds), `BENCH_STATE_MB` (default 100), `BENCH_ONLY`
+//! (a comma-separated subset of `raw`, `forward`, `filter-map`, `window`, `checkpoint`, e.g. to
 //! profile one), `STREAMJOB_KAFKA_PROPERTIES` (a directory of librdkafka properties, one file
 //! each, given to the baselines and the worker alike), plus the stack's exports
 //! (`tests/stack/stack env`).
 
 // A benchmark harness: any failure aborts the run with its message.
 #![allow(clippy::unwrap_used)]
+
+/// The worker's allocator (see its `main.rs`), so that the baselines' librdkafka clients
+/// allocate and free records the way the worker's do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -368,11 +375,12 @@ fn worker(
 /// One run: its rate, and the CPU it took per record, in its own process (consumer, hot loop
 /// and producer threads; for the baselines the benchmark's process) and in the broker. CPU
 /// per record is disturbed far less than the rate by the load of others on a shared machine.
-#[derive(Clone, Copy)]
 struct Measured {
     rate: f64,
     cpu_us: f64,
     broker_us: f64,
+    /// With `BENCH_THREADS`: the threads that took the most CPU, one line per process.
+    threads: String,
 }
 
 /// CPU seconds of a process and of the local broker since a start, from `/proc` (Linux).
@@ -380,27 +388,58 @@ struct CpuMeter {
     pid: u32,
     broker: Option<u32>,
     start: (f64, f64),
+    /// With `BENCH_THREADS` set: CPU seconds per thread name of both processes at the start.
+    threads: Option<(ThreadCpu, ThreadCpu)>,
 }
 
 impl CpuMeter {
     fn start(pid: u32) -> Self {
         let broker = broker_pid();
         let start = (cpu_seconds(pid), broker.map_or(f64::NAN, cpu_seconds));
-        Self { pid, broker, start }
+        let threads = std::env::var_os("BENCH_THREADS")
+            .map(|_| (thread_cpu(pid), broker.map(thread_cpu).unwrap_or_default()));
+        Self {
+            pid,
+            broker,
+            start,
+            threads,
+        }
     }
 
     fn stop(&self, rate: f64, records: usize) -> Measured {
         let per_record = |seconds: f64| seconds / records as f64 * 1e6;
+        let threads = self
+            .threads
+            .as_ref()
+            .map_or(String::new(), |(own, broker)| {
+                let broker_now = self.broker.map(thread_cpu).unwrap_or_default();
+                format!(
+                    "{}{}",
+                    thread_lines("own process", own, &thread_cpu(self.pid), records),
+                    thread_lines("broker", broker, &broker_now, records)
+                )
+            });
         Measured {
             rate,
             cpu_us: per_record(cpu_seconds(self.pid) - self.start.0),
             broker_us: per_record(self.broker.map_or(f64::NAN, cpu_seconds) - self.start.1),
+            threads,
         }
     }
 }
 
 /// User + system CPU seconds of a process (NaN when unreadable).
 fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    stat.rsplit_once(')')
+        .map_or(f64::NAN, |(_, rest)| cpu_fields(rest))
+}
+
+/// utime + stime in seconds from the fields after a `stat` line's command name (the 14th and
+/// 15th fields of the line); NaN when unreadable.
+fn cpu_fields(rest: &str) -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     let ticks = *TICKS.get_or_init(|| {
         Command::new("getconf")
@@ -410,18 +449,80 @@ fn cpu_seconds(pid: u32) -> f64 {
             .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
             .unwrap_or(100.0)
     });
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return f64::NAN;
-    };
-    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let fields: Vec<&str> = rest.split_whitespace().collect();
     let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
     match (field(11), field(12)) {
         (Some(user), Some(system)) => (user + system) / ticks,
         _ => f64::NAN,
     }
+}
+
+/// Runs `BENCH_WARMUP` (default 3) unmeasured consume + produce passes first, printing the
+/// CPU the broker's JIT compilers took in each: a freshly started broker JVM spends more CPU
+/// compiling its produce path than running it (measured: 0.6–0.8 µs per record in its
+/// compiler threads against 0.2–0.3 in its request handlers in the first runs), which a
+/// long-running broker does not. It never goes fully quiet here (0.15–0.6 µs per record over
+/// eight passes of 2M records, each also creating and deleting a topic), so `BENCH_THREADS`
+/// shows the compilers' share of every run.
+fn warm_up_broker(bootstrap: &str, topic: &str, partitions: i32, records: usize) {
+    let broker = broker_pid();
+    let compiling = || -> f64 {
+        broker.map(thread_cpu).map_or(0.0, |cpu| {
+            cpu.iter()
+                .filter(|(name, _)| name.contains("CompilerThre"))
+                .map(|(_, seconds)| seconds)
+                .sum()
+        })
+    };
+    for pass in 1..=env_or("BENCH_WARMUP", 3) {
+        let before = compiling();
+        raw_forward(bootstrap, topic, partitions, records);
+        let per_record = (compiling() - before) / records as f64 * 1e6;
+        println!(
+            "broker warm-up pass {pass}: its JIT compilers took {per_record:.3} µs per record"
+        );
+    }
+}
+
+/// CPU seconds per thread name (digits folded, so a pool's threads add up) of a process.
+type ThreadCpu = BTreeMap<String, f64>;
+
+fn thread_cpu(pid: u32) -> ThreadCpu {
+    let mut cpu = ThreadCpu::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return cpu;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name: String = stat[open + 1..close]
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        let seconds = cpu_fields(&stat[close + 1..]);
+        *cpu.entry(name).or_default() += seconds;
+    }
+    cpu
+}
+
+/// The threads that took the most CPU between two samples, in µs per record (one line).
+fn thread_lines(what: &str, start: &ThreadCpu, end: &ThreadCpu, records: usize) -> String {
+    let mut spent: Vec<(&String, f64)> = end
+        .iter()
+        .map(|(name, s)| (name, s - start.get(name).copied().unwrap_or(0.0)))
+        .filter(|(_, s)| *s > 0.0)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let list: Vec<String> = spent
+        .iter()
+        .take(8)
+        .map(|(name, s)| format!("{name} {:.2}", s / records as f64 * 1e6))
+        .collect();
+    format!("    {what} threads, µs/record: {}\n", list.join(", "))
 }
 
 /// The local stack's Kafka broker (a JVM running `kafka.Kafka`), if there is one.
@@ -621,6 +722,7 @@ impl Kind {
             "  {}: {:.0} records/s, CPU {:.2} µs/record (broker {:.2})",
             self.label, run.rate, run.cpu_us, run.broker_us
         );
+        print!("{}", run.threads);
         self.runs.push(run);
     }
 }
@@ -635,6 +737,7 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
     let rounds = env_or("BENCH_ROUNDS", 3);
     let topic = format!("bench-input-{records}-{partitions}");
     preload(&bootstrap, &topic, partitions, records);
+    warm_up_broker(&bootstrap, &topic, partitions, records);
 
     // The worker binary built with this benchmark, and optionally another one (e.g. built from
     // an earlier commit) measured in the same rounds.
