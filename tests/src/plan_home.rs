@@ -57,7 +57,13 @@ impl PlanHome {
 
     /// Starts a worker for pod `pod` that follows this job's plan ConfigMap.
     pub fn start_worker(&self, pod: &str, log: PathBuf) -> Worker {
+        self.start_worker_with_threads(pod, log, 1)
+    }
+
+    /// Starts a worker for pod `pod` with `threads` processing threads.
+    pub fn start_worker_with_threads(&self, pod: &str, log: PathBuf, threads: u16) -> Worker {
         let configmap = self.configmap();
+        let threads = threads.to_string();
         Worker::start(
             &[
                 "run",
@@ -67,6 +73,8 @@ impl PlanHome {
                 &self.namespace.name,
                 "--pod",
                 pod,
+                "--processing-threads",
+                &threads,
             ],
             &log,
             &[],
@@ -195,14 +203,26 @@ impl TwoWorkerJob {
         chunks: usize,
         pause: Duration,
     ) -> Self {
+        Self::start_with_threads(prefix, seed, per_partition, chunks, pause, 1).await
+    }
+
+    /// [`TwoWorkerJob::start`] with `threads` processing threads per worker.
+    pub async fn start_with_threads(
+        prefix: &str,
+        seed: u64,
+        per_partition: usize,
+        chunks: usize,
+        pause: Duration,
+        threads: u16,
+    ) -> Self {
         let scenario = Scenario::new(prefix).await;
         let home = PlanHome::new(&scenario.name).await;
         let spec = scenario_spec(&scenario);
         let events = scenario::generate(seed, per_partition);
         let expected = scenario::expected(&events);
         home.publish(1, &spec, &[("a", &[0, 1, 2, 3])]).await;
-        let a = home.start_worker("a", scenario.log(0));
-        let b = home.start_worker("b", scenario.log(1));
+        let a = home.start_worker_with_threads("a", scenario.log(0), threads);
+        let b = home.start_worker_with_threads("b", scenario.log(1), threads);
         await_running(&a, 1).await;
         // b owns nothing in epoch 1: it idles and is ready (every partition it owns runs).
         await_running(&b, 1).await;

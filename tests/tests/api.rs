@@ -90,11 +90,11 @@ async fn valid_jobs_are_accepted_with_defaults_filled_in() {
             "-n",
             &ns.name,
             "-o",
-            "jsonpath={.spec.state} {.spec.checkpoint.retained} {.spec.source.kafka.startFrom}",
+            "jsonpath={.spec.state} {.spec.checkpoint.retained} {.spec.source.kafka.startFrom} {.spec.processingThreads}",
         ],
     );
     assert_eq!(
-        state, "running 3 earliest",
+        state, "running 3 earliest 1",
         "schema defaults are applied by the API server"
     );
 }
@@ -220,6 +220,16 @@ async fn wrong_types_and_malformed_steps_are_rejected() {
     assert!(
         err.contains("aggregates[0]"),
         "error does not name the aggregate: {err}"
+    );
+
+    let no_threads = job_manifest("threads").replace(
+        "  parallelism: 2",
+        "  parallelism: 2\n  processingThreads: 0",
+    );
+    let err = rejected(&ns.name, &no_threads).await;
+    assert!(
+        err.contains("spec.processingThreads"),
+        "error does not name the field: {err}"
     );
 
     let bad_slide = job_manifest("slide").replace("size: 1m", "size: 1m\n        slide: 2m");

@@ -194,7 +194,27 @@ async fn poison_records_go_to_the_dead_letter_topic_with_headers() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_dash_9_at_random_moments_loses_nothing() {
-    let scenario = Scenario::new("kill9").await;
+    kill_dash_9_loses_nothing("kill9", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_dash_9_of_a_worker_with_two_processing_threads_loses_nothing() {
+    kill_dash_9_loses_nothing("kill9-lanes", 2).await;
+}
+
+/// Kills the worker (running `threads` processing threads) four times at random moments
+/// while input is produced; the output must be the reference.
+async fn kill_dash_9_loses_nothing(prefix: &str, threads: u16) {
+    let scenario = Scenario::new(prefix).await;
+    let threads = threads.to_string();
+    let start = |log: &std::path::Path| {
+        let job = scenario.job_file.to_str().expect("utf-8 path");
+        Worker::start(
+            &["run", "--job", job, "--processing-threads", &threads],
+            log,
+            &[],
+        )
+    };
     let events = scenario::generate(3, 3000);
     let expected = scenario::expected(&events);
     let mut rng = StdRng::seed_from_u64(33);
@@ -213,7 +233,7 @@ async fn kill_dash_9_at_random_moments_loses_nothing() {
         }
     });
 
-    let mut worker = Worker::start_job(&scenario.job_file, &scenario.log(0));
+    let mut worker = start(&scenario.log(0));
     for run in 1..=4 {
         // The checkpoint interval is 1 s: kills land before, during and after uploads.
         let delay = Duration::from_millis(rng.random_range(700..2_500));
@@ -224,7 +244,7 @@ async fn kill_dash_9_at_random_moments_loses_nothing() {
             worker.log.display()
         );
         worker.kill9();
-        worker = Worker::start_job(&scenario.job_file, &scenario.log(run));
+        worker = start(&scenario.log(run));
     }
     producing.join().unwrap();
 

@@ -245,8 +245,22 @@ fn assert_advanced(kept: &KeptWhileHandingOver) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn scaling_out_moves_partitions_through_a_savepoint_while_kept_ones_never_stop() {
-    let mut job = started("ho-out", 31).await;
+    scaling_out_keeps_kept_partitions_running(started("ho-out", 31).await).await;
+}
 
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_out_workers_with_two_processing_threads_hands_over_in_each_of_them() {
+    // Lanes split by partition number: on a, {0, 2} and {1, 3}; each loses one and keeps
+    // one, and on b each gains one.
+    let job =
+        TwoWorkerJob::start_with_threads("ho-lanes", 34, PER_PARTITION, CHUNKS, PAUSE, 2).await;
+    await_progress(&job.a, &[0, 1, 2, 3]).await;
+    scaling_out_keeps_kept_partitions_running(job).await;
+}
+
+/// Scales `job` out and checks the handover: a complete savepoint, b restored from it, a's
+/// kept partitions ran on and a stayed ready, the output is the reference exactly once.
+async fn scaling_out_keeps_kept_partitions_running(mut job: TwoWorkerJob) {
     let kept = scale_out(&job).await;
 
     let parts = assert_complete_savepoint(&job, "e2-rescale", 2).await;

@@ -66,6 +66,10 @@ struct RunArgs {
     /// Time allowed, after SIGTERM, to flush output and write the final checkpoint.
     #[arg(long, env = "STREAMJOB_SHUTDOWN_DEADLINE", default_value = "25s", value_parser = parse_duration)]
     shutdown_deadline: Duration,
+    /// Processing threads (hot loops) to split this pod's partitions across, each with its
+    /// own Kafka clients: for pods with more than one core to spare.
+    #[arg(long, env = "STREAMJOB_PROCESSING_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    processing_threads: u16,
     /// Log format.
     #[arg(long, env = "STREAMJOB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -91,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
         kafka_props,
         readiness,
         shutdown_deadline: args.shutdown_deadline,
+        processing_threads: usize::from(args.processing_threads),
     };
 
     let (first, plans) = match (&args.plan, &args.job, &args.plan_configmap) {

@@ -113,6 +113,8 @@ pub struct Supervisor {
     pub readiness: Arc<Readiness>,
     /// Time allowed for the final flush and checkpoint when a run stops.
     pub shutdown_deadline: Duration,
+    /// Hot loops a run splits its partitions across.
+    pub processing_threads: usize,
 }
 
 impl Supervisor {
@@ -238,6 +240,7 @@ impl Supervisor {
             final_savepoint: final_savepoint.clone(),
             updates: updates_rx,
             shutdown_deadline: self.shutdown_deadline,
+            processing_threads: self.processing_threads,
         }));
         Run {
             task,

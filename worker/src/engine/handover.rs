@@ -3,10 +3,7 @@
 //! release lost partitions once their last snapshot is durable, restore gained ones and start
 //! them where their state ends. Partitions that keep their owner never stop.
 
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, atomic::Ordering},
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use rdkafka::{Offset, TopicPartitionList, consumer::Consumer, error::KafkaResult};
 
@@ -22,7 +19,7 @@ use crate::{
     plan_change::Handover,
     snapshot::SnapshotId,
     telemetry::{
-        Event, HandoverApplied, Metrics, PartitionReleased, PartitionRunning, RecordsProcessed,
+        Event, HandoverApplied, PartitionReleased, PartitionRunning, RecordsProcessed,
         SavepointPartsRequested,
     },
     uploader::{SnapshotTarget, UploadDone, UploadRequest},
@@ -82,9 +79,9 @@ impl Durable {
 }
 
 impl ProcessLoop {
-    /// Starts restoring every partition the plan gives this pod.
+    /// Starts restoring every partition the plan gives this pod, of this lane.
     pub(super) fn start_restores(&mut self) {
-        for partition in self.plan.partitions_of(&self.pod) {
+        for partition in self.lane.share(&self.plan.partitions_of(&self.pod)) {
             self.start_restore(partition);
         }
         self.report_restoring();
@@ -216,7 +213,7 @@ impl ProcessLoop {
     /// output that could still be lost.
     fn flush_for_handover(&self) -> Result<(), EngineExit> {
         while !self.flush("the handover")? {
-            if self.stop.load(Ordering::Acquire) {
+            if self.stopping() {
                 return Err(EngineExit::Stopped {
                     final_checkpoint_complete: false,
                 });
@@ -394,11 +391,10 @@ impl ProcessLoop {
         Ok(())
     }
 
-    /// Readiness: every owned partition runs.
+    /// Readiness: every owned partition runs (in every lane).
     fn report_restoring(&self) {
-        let restoring = self.transitions.restoring.len();
-        Metrics::global().set_partitions_restoring(restoring);
-        self.readiness.set(restoring == 0);
+        self.restoring
+            .report(self.lane, self.transitions.restoring.len());
     }
 
     /// `partition` of the source topic, at `offset` if given.

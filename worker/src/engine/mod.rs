@@ -6,6 +6,12 @@
 //! checkpoint uploads ([`crate::uploader`]) and restores ([`restore`]) run on the tokio
 //! runtime and report back through channels, so a slow or failing object store never stalls
 //! processing, and a partition waiting for its savepoint part never stalls the others.
+//!
+//! With several processing threads ([`EngineContext::processing_threads`]) the pod's
+//! partitions are split into lanes by partition number; each lane is such a hot loop with its
+//! own consumer, producer, uploader and restorer, and follows the plan for its partitions
+//! only. Every partition stays with one lane, so everything that holds per partition (state,
+//! snapshots, the handover protocol) holds per lane unchanged.
 
 use std::{
     collections::BTreeMap,
@@ -37,7 +43,7 @@ use crate::{
     plan::Plan,
     plan_change::Handover,
     snapshot::{SnapshotHeader, SnapshotId},
-    telemetry::{Event, PlanRunning, RecordsProcessed},
+    telemetry::{Event, Metrics, PlanRunning, RecordsProcessed},
     uploader::{SnapshotTarget, UploadRequest},
 };
 
@@ -155,6 +161,71 @@ pub struct EngineContext {
     pub updates: mpsc::Receiver<PlanUpdate>,
     /// Time allowed for the final flush and checkpoint after a stop.
     pub shutdown_deadline: Duration,
+    /// Hot loops to split the partitions across (at least one).
+    pub processing_threads: usize,
+}
+
+/// The share of the pod's partitions one processing thread runs: those whose number modulo
+/// `count` is `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lane {
+    index: usize,
+    count: usize,
+}
+
+impl Lane {
+    /// Whether `partition` is this lane's.
+    pub(crate) fn owns(self, partition: i32) -> bool {
+        usize::try_from(partition).is_ok_and(|p| p % self.count == self.index)
+    }
+
+    /// This lane's partitions of `partitions`.
+    pub(crate) fn share(self, partitions: &[i32]) -> Vec<i32> {
+        partitions
+            .iter()
+            .copied()
+            .filter(|&p| self.owns(p))
+            .collect()
+    }
+
+    /// The part of `handover` that concerns this lane's partitions.
+    pub(crate) fn handover(self, handover: &Handover) -> Handover {
+        Handover {
+            keep: self.share(&handover.keep),
+            lose: self.share(&handover.lose),
+            gain: self.share(&handover.gain),
+            savepoint: handover.savepoint.clone(),
+        }
+    }
+}
+
+/// Partitions still restoring, per lane: the worker is ready when no lane has any.
+pub(crate) struct Restoring {
+    /// `None` until the lane first reports.
+    per_lane: std::sync::Mutex<Vec<Option<usize>>>,
+    readiness: Arc<Readiness>,
+}
+
+impl Restoring {
+    fn new(lanes: usize, readiness: Arc<Readiness>) -> Self {
+        Self {
+            per_lane: std::sync::Mutex::new(vec![None; lanes]),
+            readiness,
+        }
+    }
+
+    /// Records how many partitions `lane` still restores; updates readiness and the gauge.
+    pub(crate) fn report(&self, lane: Lane, restoring: usize) {
+        let mut per_lane = self.per_lane.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_lane.get_mut(lane.index) {
+            *count = Some(restoring);
+        }
+        let total: usize = per_lane.iter().flatten().sum();
+        Metrics::global().set_partitions_restoring(total);
+        // Set under the lock, so that the last report decides.
+        self.readiness
+            .set(total == 0 && per_lane.iter().all(Option::is_some));
+    }
 }
 
 /// One owned partition while it runs.
@@ -171,9 +242,118 @@ struct PartitionRun {
     awaits_first_record: Option<Instant>,
 }
 
-/// Starts the Kafka clients, the uploader and the restorer, then runs the hot loop (which
-/// restores the owned partitions as it goes) until stopped.
+/// Starts one lane per processing thread (each restores its partitions as it goes) and runs
+/// them until stopped; when one lane ends (a rewind), the others are stopped too.
 pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
+    PlanRunning {
+        pod: &ctx.pod,
+        epoch: ctx.plan.epoch,
+        partitions: &ctx.plan.partitions_of(&ctx.pod),
+    }
+    .emit();
+    let count = ctx.processing_threads.max(1);
+    let restoring = Arc::new(Restoring::new(count, ctx.readiness.clone()));
+    let lanes_stop = Arc::new(AtomicBool::new(false));
+    let mut started = Vec::new();
+    let mut lane_updates = Vec::new();
+    for index in 0..count {
+        let (updates_tx, updates_rx) = mpsc::channel();
+        lane_updates.push((Lane { index, count }, updates_tx));
+        let lane = LaneStart {
+            lane: Lane { index, count },
+            restoring: restoring.clone(),
+            lanes_stop: lanes_stop.clone(),
+            updates: updates_rx,
+        };
+        match start_lane(&ctx, lane) {
+            Ok(lane) => started.push(lane),
+            Err(error) => {
+                lanes_stop.store(true, Ordering::Release);
+                // The lanes already started stop; the error is what the run ends with.
+                let _ = finish(started).await;
+                return Err(error);
+            }
+        }
+    }
+    // Plan updates, each lane's part of them; ends when the supervisor drops its sender.
+    let updates = ctx.updates;
+    std::thread::Builder::new()
+        .name("streamjob-plans".to_owned())
+        .spawn(move || {
+            while let Ok(PlanUpdate { plan, handover }) = updates.recv() {
+                for (lane, lane_tx) in &lane_updates {
+                    let _ = lane_tx.send(PlanUpdate {
+                        plan: plan.clone(),
+                        handover: lane.handover(&handover),
+                    });
+                }
+            }
+        })
+        .map_err(|_| EngineError::Panicked)?;
+    let exit = finish(started).await;
+    ctx.readiness.set(false);
+    exit
+}
+
+/// What one lane gets besides the engine's context.
+struct LaneStart {
+    lane: Lane,
+    restoring: Arc<Restoring>,
+    /// Set when any lane ends, so that the others stop.
+    lanes_stop: Arc<AtomicBool>,
+    updates: mpsc::Receiver<PlanUpdate>,
+}
+
+/// A running lane: its hot loop thread and its tasks.
+struct StartedLane {
+    thread: std::thread::JoinHandle<EngineExit>,
+    uploader: tokio::task::JoinHandle<()>,
+    restorer: tokio::task::JoinHandle<()>,
+}
+
+/// Waits for every lane to end: a rewind of any lane rewinds the run, a panic fails it.
+async fn finish(lanes: Vec<StartedLane>) -> Result<EngineExit, EngineError> {
+    let mut exit = Ok(EngineExit::Stopped {
+        final_checkpoint_complete: true,
+    });
+    for lane in lanes {
+        let thread = lane.thread;
+        let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+        lane.uploader.abort();
+        lane.restorer.abort();
+        exit = match (exit, joined) {
+            (Err(error), _) => Err(error),
+            (_, Err(_) | Ok(Err(_))) => Err(EngineError::Panicked),
+            (Ok(EngineExit::Rewind(reason)), _) | (_, Ok(Ok(EngineExit::Rewind(reason)))) => {
+                Ok(EngineExit::Rewind(reason))
+            }
+            (
+                Ok(EngineExit::Stopped {
+                    final_checkpoint_complete: all,
+                }),
+                Ok(Ok(EngineExit::Stopped {
+                    final_checkpoint_complete: this,
+                })),
+            ) => Ok(EngineExit::Stopped {
+                final_checkpoint_complete: all && this,
+            }),
+        };
+    }
+    exit
+}
+
+/// Sets `flag` when dropped: a lane's thread ending for any reason (panics included) stops
+/// the other lanes.
+struct SetOnDrop(Arc<AtomicBool>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Starts a lane's Kafka clients, uploader and restorer, and its hot loop thread.
+fn start_lane(ctx: &EngineContext, start: LaneStart) -> Result<StartedLane, EngineError> {
     let source = &ctx.plan.spec.source.kafka;
     let consumer = kafka::source_consumer(
         &source.bootstrap_servers,
@@ -232,13 +412,6 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
         restored_tx,
     ));
 
-    PlanRunning {
-        pod: &ctx.pod,
-        epoch: ctx.plan.epoch,
-        partitions: &ctx.plan.partitions_of(&ctx.pod),
-    }
-    .emit();
-
     let process = ProcessLoop {
         plan: ctx.plan.clone(),
         pod: ctx.pod.clone(),
@@ -251,25 +424,28 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
         done_rx,
         restore_tx,
         restored_rx,
-        updates: ctx.updates,
-        readiness: ctx.readiness.clone(),
+        updates: start.updates,
+        lane: start.lane,
+        restoring: start.restoring,
         stop: ctx.stop.clone(),
+        lanes_stop: start.lanes_stop.clone(),
         final_savepoint: ctx.final_savepoint.clone(),
         shutdown_deadline: ctx.shutdown_deadline,
         failures_at_start: 0,
     };
-    let handle = std::thread::Builder::new()
+    let lanes_stop = SetOnDrop(start.lanes_stop);
+    let thread = std::thread::Builder::new()
         .name("streamjob-process".to_owned())
-        .spawn(move || process.run())
+        .spawn(move || {
+            let _stop_the_others = lanes_stop;
+            process.run()
+        })
         .map_err(|_| EngineError::Panicked)?;
-    let exit = tokio::task::spawn_blocking(move || handle.join())
-        .await
-        .map_err(|_| EngineError::Panicked)?
-        .map_err(|_| EngineError::Panicked)?;
-    ctx.readiness.set(false);
-    uploader.abort();
-    restorer.abort();
-    Ok(exit)
+    Ok(StartedLane {
+        thread,
+        uploader,
+        restorer,
+    })
 }
 
 /// Hands `id` of `run`'s state to the uploader, to be written to `target`. The state is
@@ -313,4 +489,59 @@ fn upload_request(
 /// Wall-clock time in epoch milliseconds.
 pub fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::{Lane, Readiness, Restoring};
+    use crate::plan_change::Handover;
+
+    #[test]
+    fn lanes_split_the_partitions_so_that_each_has_one_lane() {
+        let partitions: Vec<i32> = (0..12).collect();
+        for count in 1..=5 {
+            let lanes: Vec<Lane> = (0..count).map(|index| Lane { index, count }).collect();
+            for &p in &partitions {
+                let owners = lanes.iter().filter(|lane| lane.owns(p)).count();
+                assert_eq!(owners, 1, "partition {p} with {count} lanes");
+            }
+            let shares: usize = lanes.iter().map(|l| l.share(&partitions).len()).sum();
+            assert_eq!(shares, partitions.len());
+        }
+        let lane = Lane { index: 1, count: 2 };
+        assert_eq!(lane.share(&partitions[..8]), [1, 3, 5, 7]);
+        assert!(!lane.owns(-1), "no lane owns a negative partition");
+        let handover = Handover {
+            keep: vec![0, 1],
+            lose: vec![2, 3],
+            gain: vec![4, 5],
+            savepoint: Some("e2".to_owned()),
+        };
+        assert_eq!(
+            lane.handover(&handover),
+            Handover {
+                keep: vec![1],
+                lose: vec![3],
+                gain: vec![5],
+                savepoint: Some("e2".to_owned()),
+            }
+        );
+    }
+
+    #[test]
+    fn the_worker_is_ready_once_every_lane_has_reported_nothing_left_to_restore() {
+        let readiness = Arc::new(Readiness::default());
+        let restoring = Restoring::new(2, readiness.clone());
+        let (first, second) = (Lane { index: 0, count: 2 }, Lane { index: 1, count: 2 });
+        restoring.report(first, 0);
+        assert!(!readiness.is_ready(), "the second lane has not reported");
+        restoring.report(second, 1);
+        assert!(!readiness.is_ready());
+        restoring.report(second, 0);
+        assert!(readiness.is_ready());
+        restoring.report(first, 2);
+        assert!(!readiness.is_ready(), "a lane restores again (a handover)");
+    }
 }

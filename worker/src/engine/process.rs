@@ -21,7 +21,7 @@ use rdkafka::{
 use tokio::sync::mpsc as async_mpsc;
 
 use super::{
-    EngineExit, FinalSavepoint, PartitionRun, PlanUpdate, Readiness, TICK,
+    EngineExit, FinalSavepoint, Lane, PartitionRun, PlanUpdate, Restoring, TICK,
     handover::Transitions,
     now_ms, request_upload,
     restore::{RestoreCommand, RestoredPartition},
@@ -64,8 +64,14 @@ pub(super) struct ProcessLoop {
     pub(super) restore_tx: async_mpsc::UnboundedSender<RestoreCommand>,
     pub(super) restored_rx: mpsc::Receiver<RestoredPartition>,
     pub(super) updates: mpsc::Receiver<PlanUpdate>,
-    pub(super) readiness: Arc<Readiness>,
+    /// The partitions this hot loop runs of the pod's.
+    pub(super) lane: Lane,
+    /// Where it reports its partitions still restoring (readiness).
+    pub(super) restoring: Arc<Restoring>,
+    /// Set to stop the run.
     pub(super) stop: Arc<AtomicBool>,
+    /// Set when another lane of the run ended (it rewinds the run).
+    pub(super) lanes_stop: Arc<AtomicBool>,
     /// A savepoint to write when the run stops: (id, epoch of its parts).
     pub(super) final_savepoint: FinalSavepoint,
     pub(super) shutdown_deadline: Duration,
@@ -87,7 +93,7 @@ impl ProcessLoop {
         // wait; processing-time windows and output timestamps see that granularity.
         let mut clock_ms = now_ms();
         let mut since_clock = 0u32;
-        while !self.stop.load(Ordering::Acquire) {
+        while !self.stopping() {
             let polled = poll_next(&consumer, TICK);
             if polled.waited {
                 clock_ms = now_ms();
@@ -138,6 +144,11 @@ impl ProcessLoop {
             }
         }
         self.shutdown()
+    }
+
+    /// Whether the run, or another lane of it, is stopping.
+    pub(super) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire) || self.lanes_stop.load(Ordering::Acquire)
     }
 
     fn delivery_failures(&self) -> u64 {
@@ -417,11 +428,12 @@ impl ProcessLoop {
         if let Err(exit) = self.checkpoint() {
             return exit;
         }
+        // Every lane writes its partitions' parts.
         let ordered = self
             .final_savepoint
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
+            .clone();
         if let Some((id, epoch)) = ordered {
             // The parts must cover delivered output only; without a flush there are none,
             // and the next run restores from the checkpoints instead.
