@@ -38,6 +38,7 @@ impl StreamJob {
             restore_from: None,
             savepoints: SavepointsSpec::default(),
             upgrade: UpgradeSpec::default(),
+            processing_threads: 1,
             resources: None,
         };
         let mut job = StreamJob::new(name, spec);

@@ -123,9 +123,21 @@ pub struct StreamJobSpec {
     /// Compute resources of each worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Processing threads of each worker pod: its partitions are split across them (by
+    /// partition number), each with its own Kafka clients. One thread processes about a
+    /// core's worth of records; give the pod as many cores (`resources`). A change rolls the
+    /// workers out after a savepoint, like any change of the pod template.
+    #[serde(default = "default_processing_threads")]
+    #[schemars(range(min = 1, max = 64))]
+    pub processing_threads: i32,
 }
 
 fn default_parallelism() -> i32 {
+    1
+}
+
+fn default_processing_threads() -> i32 {
     1
 }
 

@@ -176,6 +176,10 @@ fn pod_template(job: &StreamJob, names: &ChildNames, defaults: &WorkerDefaults) 
             "value": format!("{SHUTDOWN_DEADLINE_SECONDS}s"),
         }),
         json!({ "name": "STREAMJOB_LOG_FORMAT", "value": "json" }),
+        json!({
+            "name": "STREAMJOB_PROCESSING_THREADS",
+            "value": spec.processing_threads.max(1).to_string(),
+        }),
     ];
     let mut volumes = vec![
         json!({ "name": "tmp", "emptyDir": {} }),
@@ -391,6 +395,16 @@ mod tests {
             name: "own-registry".into(),
         }];
         assert_eq!(pull_secrets(&job), ["own-registry"]);
+    }
+
+    #[test]
+    fn workers_get_the_jobs_processing_threads() {
+        let threads =
+            |job: &StreamJob| env(&worker(&build_for(job)), "STREAMJOB_PROCESSING_THREADS");
+        let mut job = StreamJob::test("clicks");
+        assert_eq!(threads(&job).as_deref(), Some("1"));
+        job.spec.processing_threads = 4;
+        assert_eq!(threads(&job).as_deref(), Some("4"));
     }
 
     #[test]

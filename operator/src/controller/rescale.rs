@@ -148,11 +148,13 @@ impl Operation {
     }
 }
 
-/// Whether two specs give the workers the same pod template (image, resources, Secrets).
+/// Whether two specs give the workers the same pod template (image, resources, processing
+/// threads, Secrets).
 pub fn same_pod_template(a: &StreamJobSpec, b: &StreamJobSpec) -> bool {
     a.image == b.image
         && a.image_pull_secrets == b.image_pull_secrets
         && a.resources == b.resources
+        && a.processing_threads == b.processing_threads
         && a.source.kafka.secret_ref == b.source.kafka.secret_ref
         && a.checkpoint.secret_ref == b.checkpoint.secret_ref
 }
@@ -165,6 +167,7 @@ pub fn with_pod_template_of(spec: &StreamJobSpec, running: &StreamJobSpec) -> St
     held.image_pull_secrets
         .clone_from(&running.image_pull_secrets);
     held.resources.clone_from(&running.resources);
+    held.processing_threads = running.processing_threads;
     held.source
         .kafka
         .secret_ref
@@ -899,5 +902,21 @@ mod tests {
             "the pods keep their image until it exists"
         );
         assert!(same_pod_template(&plan.spec, &running.spec));
+    }
+
+    #[test]
+    fn processing_threads_are_part_of_the_pod_template() {
+        let running = streamjob_api::StreamJob::test("clicks").spec;
+        let mut wanted = running.clone();
+        wanted.processing_threads = 2;
+        assert!(
+            !same_pod_template(&running, &wanted),
+            "a change rolls the pods"
+        );
+        let held = with_pod_template_of(&wanted, &running);
+        assert_eq!(
+            held.processing_threads, 1,
+            "held until the savepoint exists"
+        );
     }
 }
