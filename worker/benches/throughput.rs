@@ -7,12 +7,13 @@
 //! `BENCH_ROUNDS` (default 3: every run is repeated, interleaved, and each reports its best),
 //! `BENCH_WARMUP` (default 3: unmeasured consume + produce passes that warm the broker's JIT up
 //! first), `BENCH_THREADS` (set: print each run's CPU per thread of its process and the
-//! broker), `BENCH_COMPARE_WORKER` (the path of another worker binary, e.g. built from an
-//! earlier commit, measured in the same rounds), `BENCH_STATE_MB` (default 100), `BENCH_ONLY`
-//! (a comma-separated subset of `raw`, `forward`, `filter-map`, `window`, `checkpoint`, e.g. to
-//! profile one), `STREAMJOB_KAFKA_PROPERTIES` (a directory of librdkafka properties, one file
-//! each, given to the baselines and the worker alike), plus the stack's exports
-//! (`tests/stack/stack env`).
+//! broker), `BENCH_PROCESSING_THREADS` (default `1,2`: each worker run with each of these
+//! numbers of processing threads), `BENCH_COMPARE_WORKER` (the path of another worker binary,
+//! e.g. built from an earlier commit, measured in the same rounds), `BENCH_STATE_MB` (default
+//! 100), `BENCH_ONLY` (a comma-separated subset of `raw`, `forward`, `filter-map`, `window`,
+//! `checkpoint`, e.g. to profile one), `STREAMJOB_KAFKA_PROPERTIES` (a directory of librdkafka
+//! properties, one file each, given to the baselines and the worker alike), plus the stack's
+//! exports (`tests/stack/stack env`).
 
 // A benchmark harness: any failure aborts the run with its message.
 #![allow(clippy::unwrap_used)]
@@ -297,6 +298,7 @@ fn worker(
     bootstrap: &str,
     topic: &str,
     records: usize,
+    threads: usize,
 ) -> (Measured, f64) {
     let run = unique(name);
     let dir = std::env::temp_dir().join(format!("bench-{run}"));
@@ -329,6 +331,7 @@ fn worker(
             &format!("127.0.0.1:{port}"),
         ])
         .env("RUST_LOG", "warn")
+        .env("STREAMJOB_PROCESSING_THREADS", threads.to_string())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("worker.log")).unwrap())
         .spawn()
@@ -750,7 +753,13 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
     }
     let mut raw = Kind::new("raw librdkafka consumer", false);
     let mut forward = Kind::new("raw consume + produce the 80% clicks, no pipeline", true);
-    let mut workers: Vec<(Kind, &str, &str, &str)> = Vec::new();
+    // Each worker run with each number of processing threads in `BENCH_PROCESSING_THREADS`.
+    let thread_counts: Vec<usize> = std::env::var("BENCH_PROCESSING_THREADS")
+        .unwrap_or_else(|_| "1,2".to_owned())
+        .split(',')
+        .map(|n| n.trim().parse().expect("BENCH_PROCESSING_THREADS: numbers"))
+        .collect();
+    let mut workers: Vec<(Kind, &str, &str, &str, usize)> = Vec::new();
     for (suffix, binary) in &binaries {
         for (part, label, pipeline) in [
             (
@@ -760,9 +769,12 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
             ),
             ("window", "worker, keyBy + 1m tumbling count", WINDOW),
         ] {
-            if wanted(part) {
-                let kind = Kind::new(&format!("{label}{suffix}"), part == "filter-map");
-                workers.push((kind, part, pipeline, binary));
+            for &threads in &thread_counts {
+                if wanted(part) {
+                    let label = format!("{label}, {threads} processing thread(s){suffix}");
+                    let kind = Kind::new(&label, part == "filter-map");
+                    workers.push((kind, part, pipeline, binary, threads));
+                }
             }
         }
     }
@@ -776,8 +788,10 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
         if wanted("forward") {
             forward.record(raw_forward(&bootstrap, &topic, partitions, records));
         }
-        for (kind, part, pipeline, binary) in &mut workers {
-            let (run, startup) = worker(binary, part, pipeline, &bootstrap, &topic, records);
+        for (kind, part, pipeline, binary, threads) in &mut workers {
+            let (run, startup) = worker(
+                binary, part, pipeline, &bootstrap, &topic, records, *threads,
+            );
             kind.record(run);
             println!("    (start-up {startup:.2}s excluded)");
         }
