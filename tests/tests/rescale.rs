@@ -25,7 +25,7 @@ use streamjob_operator::api::{RescaleStep, StreamJob};
 use streamjob_tests::{
     operator::{
         OperatorFixture, get_job, job_manifest, kubectl_apply, produce_first_half, published_plan,
-        settled, signal_process, worker_ips, worker_metric, worker_process,
+        settled, signal_process, wait_for_condition, worker_ips, worker_metric, worker_process,
     },
     reference::Event,
     run_ok,
@@ -361,5 +361,36 @@ async fn a_worker_killed_during_the_savepoint_falls_back_to_its_checkpoints_with
         .any(|e| e.reason.as_deref() == Some("SavepointIncomplete"));
     assert!(warned, "a SavepointIncomplete event says so");
 
+    scenario.await_results(&reference, RESULTS_TIMEOUT).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_with_two_processing_threads_rescale_without_loss() {
+    let f = OperatorFixture::start("rs-lanes").await;
+    let (client, n, scenario) = (f.client.clone(), f.ns(), &f.scenario);
+    let name = scenario.name.as_str();
+    let mut manifest = job_manifest(scenario, n, 1);
+    manifest["spec"]["processingThreads"] = serde_json::json!(2);
+    kubectl_apply(scenario, &manifest);
+    let job = wait_for_condition(n, name, "Ready", "True", RESCALE_TIMEOUT).await;
+    let epoch = epoch_of(&job);
+    let (_, pid) = worker_process(&client, n, name).await;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|var| var == b"STREAMJOB_PROCESSING_THREADS=2"),
+        "the worker runs two processing threads"
+    );
+
+    // One pod runs all partitions in two lanes; 1 → 2 moves half of them, from both lanes.
+    let events = generate(49, 600);
+    let reference = expected(&events);
+    let producer = producer(&scenario.bootstrap);
+    let rest = produce_first_half(scenario, &producer, &events).await;
+    kubectl_scale(n, name, 2);
+    let job = await_rescaled(&client, n, name, 2, epoch).await;
+    assert_savepoint_recorded(&job, &format!("e{}-rescale", epoch + 1)).await;
+    produce(&producer, &scenario.input, rest);
     scenario.await_results(&reference, RESULTS_TIMEOUT).await;
 }
