@@ -769,12 +769,13 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
             ),
             ("window", "worker, keyBy + 1m tumbling count", WINDOW),
         ] {
+            if !wanted(part) {
+                continue;
+            }
             for &threads in &thread_counts {
-                if wanted(part) {
-                    let label = format!("{label}, {threads} processing thread(s){suffix}");
-                    let kind = Kind::new(&label, part == "filter-map");
-                    workers.push((kind, part, pipeline, binary, threads));
-                }
+                let label = format!("{label}, {threads} processing thread(s){suffix}");
+                let kind = Kind::new(&label, part == "filter-map");
+                workers.push((kind, part, pipeline, binary, threads));
             }
         }
     }

@@ -257,10 +257,11 @@ pub async fn run(ctx: EngineContext) -> Result<EngineExit, EngineError> {
     let mut started = Vec::new();
     let mut lane_updates = Vec::new();
     for index in 0..count {
+        let lane = Lane { index, count };
         let (updates_tx, updates_rx) = mpsc::channel();
-        lane_updates.push((Lane { index, count }, updates_tx));
+        lane_updates.push((lane, updates_tx));
         let lane = LaneStart {
-            lane: Lane { index, count },
+            lane,
             restoring: restoring.clone(),
             lanes_stop: lanes_stop.clone(),
             updates: updates_rx,

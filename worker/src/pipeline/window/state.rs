@@ -305,8 +305,8 @@ mod number_format {
 
 /// Windows in checkpoints: a list of `{start, key, accumulators}` by start, the entry
 /// without a key first, then the keys shard by shard (the first format had them by key;
-/// both read back alike); keys in JSON as strings when they are UTF-8, else as byte arrays; in binary formats as
-/// bytes.
+/// both read back alike); keys in JSON as strings when they are UTF-8, else as byte
+/// arrays; in binary formats as bytes.
 mod panes_format {
     use std::collections::BTreeMap;
 
