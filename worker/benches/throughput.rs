@@ -10,8 +10,8 @@
 //! broker), `BENCH_PROCESSING_THREADS` (default `1,2`: each worker run with each of these
 //! numbers of processing threads), `BENCH_COMPARE_WORKER` (the path of another worker binary,
 //! e.g. built from an earlier commit, measured in the same rounds), `BENCH_STATE_MB` (default
-//! 100), `BENCH_ONLY` (a comma-separated subset of `raw`, `forward`, `filter-map`, `window`,
-//! `checkpoint`, e.g. to profile one), `STREAMJOB_KAFKA_PROPERTIES` (a directory of librdkafka
+//! 100), `BENCH_ONLY` (a comma-separated subset of `raw`, `forward`, `filter-map`,
+//! `filter-map-10`, `window`, `checkpoint`, e.g. to profile one), `STREAMJOB_KAFKA_PROPERTIES` (a directory of librdkafka
 //! properties, one file each, given to the baselines and the worker alike), plus the stack's
 //! exports (`tests/stack/stack env`).
 
@@ -675,14 +675,15 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` probes harness=false benches.
     }
-    // `BENCH_ONLY=filter-map` (a comma-separated list of raw, forward, filter-map, window,
-    // checkpoint) runs only those parts, e.g. under a profiler; ratios need `raw`.
+    // `BENCH_ONLY=filter-map` (a comma-separated list of raw, forward, filter-map,
+    // filter-map-10, window, checkpoint) runs only those parts, e.g. under a profiler; ratios
+    // need `raw`.
     let only = std::env::var("BENCH_ONLY").ok();
     let wanted = |part: &str| {
         only.as_deref()
             .is_none_or(|list| list.split(',').any(|p| p.trim() == part))
     };
-    if ["raw", "forward", "filter-map", "window"]
+    if ["raw", "forward", "filter-map", "filter-map-10", "window"]
         .iter()
         .any(|part| wanted(part))
     {
@@ -731,6 +732,7 @@ impl Kind {
 }
 
 const FILTER_MAP: &str = "    - filter: '.type == \"click\"'\n    - map: '{user: .user, n: 1}'";
+const FILTER_MAP_SELECTIVE: &str = "    - filter: '.n < 10'\n    - map: '{user: .user, n: 1}'";
 const WINDOW: &str = "    - keyBy: .user\n    - window: {size: 1m, timestamp: .ts, aggregates: [{name: clicks, function: count}]}";
 
 fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
@@ -766,6 +768,13 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
                 "filter-map",
                 "worker, filter + map (80% written back)",
                 FILTER_MAP,
+            ),
+            // The same steps with a selective filter: how far the rate depends on the
+            // write-back rather than on the pipeline.
+            (
+                "filter-map-10",
+                "worker, filter + map (10% written back)",
+                FILTER_MAP_SELECTIVE,
             ),
             ("window", "worker, keyBy + 1m tumbling count", WINDOW),
         ] {
@@ -825,6 +834,23 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
             best / raw_best
         );
     }
+    if !forward.runs.is_empty() {
+        print_write_back_bound(&forward, raw_best);
+    }
+}
+
+/// The most any job that writes 80% of its input back can reach on this machine: the
+/// forwarder's CPU per record (its own and the broker's, least of the rounds) spread over every
+/// core, against the raw consumer's rate. A pipeline that cost nothing would still pay the
+/// forwarder's consume and produce path, and the broker shares these cores.
+fn print_write_back_bound(forward: &Kind, raw_best: f64) {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (own, broker) = forward.least_cpu();
+    let bound = cores as f64 * 1e6 / (own + broker);
+    println!(
+        "\nbound for 80% written back: {cores} cores / ({own:.2} + {broker:.2}) µs per record (the forwarder, own + broker) = {bound:.0} records/s = {:.2} of raw consume, with a pipeline that cost nothing",
+        bound / raw_best
+    );
 }
 
 fn report_checkpoint() {
