@@ -815,9 +815,11 @@ fn report_throughput(wanted: &dyn Fn(&str) -> bool) {
         "| run | records/s (every round) | best | ratio to raw consume | ratio to raw consume + produce | CPU µs/record: own process, broker (least of the rounds) |"
     );
     println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    // Kinds that `BENCH_ONLY` left out have no runs and no row.
     let kinds = [&raw, &forward]
         .into_iter()
-        .chain(workers.iter().map(|(kind, ..)| kind));
+        .chain(workers.iter().map(|(kind, ..)| kind))
+        .filter(|kind| !kind.runs.is_empty());
     for kind in kinds {
         let best = kind.best();
         let every: Vec<String> = kind.runs.iter().map(|r| format!("{:.0}", r.rate)).collect();
