@@ -44,8 +44,20 @@ pub struct Worker {
 impl Worker {
     /// Starts `streamjob-worker run --job JOB` with logs appended to `log`.
     pub fn start_job(job: &Path, log: &Path) -> Self {
+        Self::start_job_with_threads(job, log, 1)
+    }
+
+    /// [`Worker::start_job`] with `threads` processing threads.
+    pub fn start_job_with_threads(job: &Path, log: &Path, threads: u16) -> Self {
+        let threads = threads.to_string();
         Self::start(
-            &["run", "--job", job.to_str().expect("utf-8 path")],
+            &[
+                "run",
+                "--job",
+                job.to_str().expect("utf-8 path"),
+                "--processing-threads",
+                &threads,
+            ],
             log,
             &[],
         )

@@ -206,15 +206,8 @@ async fn kill_dash_9_of_a_worker_with_two_processing_threads_loses_nothing() {
 /// while input is produced; the output must be the reference.
 async fn kill_dash_9_loses_nothing(prefix: &str, threads: u16) {
     let scenario = Scenario::new(prefix).await;
-    let threads = threads.to_string();
-    let start = |log: &std::path::Path| {
-        let job = scenario.job_file.to_str().expect("utf-8 path");
-        Worker::start(
-            &["run", "--job", job, "--processing-threads", &threads],
-            log,
-            &[],
-        )
-    };
+    let start =
+        |log: &std::path::Path| Worker::start_job_with_threads(&scenario.job_file, log, threads);
     let events = scenario::generate(3, 3000);
     let expected = scenario::expected(&events);
     let mut rng = StdRng::seed_from_u64(33);
